@@ -1,0 +1,8 @@
+"""acgan: class-split ensembles of AC-GANs as a reproducible pipeline."""
+
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("acgan")
+except PackageNotFoundError:  # running from a source tree without installation
+    __version__ = "0.0.0+unknown"

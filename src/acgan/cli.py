@@ -1,0 +1,252 @@
+"""``acgan``: one subcommand per pipeline stage, plus generate / submit / compile / config.
+
+The CLI is the only place that reads the command line and the environment. Each subcommand
+loads the configuration, builds the tracker, calls one core function and prints where the
+results are. Errors a user can act on (:class:`acgan.errors.AcganError`) become one line on
+stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from acgan import __version__
+from acgan import config as config_mod
+from acgan.errors import AcganError
+
+EPILOG_WIDTH = 100
+
+
+def _load_config(params: str, overrides: tuple[str, ...]) -> config_mod.Config:
+    cfg = config_mod.load(params, overrides, missing_ok=(params == "params.yaml"))
+    env_uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if env_uri and env_uri != cfg.tracking.uri:  # the documented override, applied once, here
+        cfg = config_mod.replace(cfg, tracking={"uri": env_uri})
+    return cfg
+
+
+def with_config(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Adds ``--params FILE`` and repeatable ``--set section.key=value``; passes ``cfg``."""
+
+    @click.option(
+        "--params",
+        "params",
+        default="params.yaml",
+        show_default=True,
+        type=click.Path(dir_okay=False),
+        help="YAML file of config overrides.",
+    )
+    @click.option(
+        "--set",
+        "overrides",
+        multiple=True,
+        metavar="KEY=VALUE",
+        help="Override one key, e.g. --set train.steps=50 (repeatable).",
+    )
+    @functools.wraps(fn)
+    def wrapper(params: str, overrides: tuple[str, ...], **kwargs: Any) -> Any:
+        return fn(cfg=_load_config(params, overrides), **kwargs)
+
+    return wrapper
+
+
+def make_tracker(cfg: config_mod.Config) -> Any:
+    from acgan.tracking import make_tracker as _make
+
+    return _make(cfg.tracking.enabled, cfg.tracking.uri, cfg.tracking.experiment)
+
+
+def echo_json(obj: Any) -> None:
+    click.echo(json.dumps(obj, indent=2, default=str))
+
+
+@click.group(
+    context_settings={
+        "help_option_names": ["-h", "--help"],
+        "show_default": True,
+        "max_content_width": EPILOG_WIDTH,
+    }
+)
+@click.version_option(__version__, prog_name="acgan")
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
+def cli(verbose: bool) -> None:
+    """Class-split AC-GAN ensembles (Odena et al. 2017), one stage per subcommand.
+
+    \b
+    The pipeline:  ingest -> split -> train@<split> -> monitor -> evaluate -> register
+    Run it all:    dvc repro            (or: python -m pipelines.acgan --local)
+    Every stage reads ./params.yaml (overrides only; `acgan config` shows every key).
+    """
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+@cli.command()
+@with_config
+@click.option(
+    "--out",
+    default="data/ingested",
+    type=click.Path(file_okay=False),
+    help="Directory for the Parquet shards and manifest.json.",
+)
+def ingest(cfg: config_mod.Config, out: str) -> None:
+    """Read the configured source into Parquet shards of PNG bytes + manifest.json.
+
+    \b
+    Examples:
+      acgan ingest                                   # built-in synthetic shapes
+      acgan ingest --set data.source=cifar10 --set data.download=true
+      acgan ingest --set data.source=imagefolder --set data.root=~/imagenet/train
+    """
+    from acgan.data.ingest import ingest as run_ingest
+
+    m = run_ingest(cfg.data, Path(out))
+    click.echo(
+        f"ingested {m.total} images of {len(m.class_names)} classes "
+        f"({m.resolution}px, {m.mode}) -> {out} [hash {m.content_hash[:12]}]"
+    )
+
+
+@cli.command()
+@with_config
+@click.option(
+    "--data",
+    default="data/ingested",
+    type=click.Path(file_okay=False),
+    help="Output of `acgan ingest`.",
+)
+@click.option(
+    "--out",
+    default="data/splits",
+    type=click.Path(file_okay=False),
+    help="Directory for splits.json and each split's shards.",
+)
+def split(cfg: config_mod.Config, data: str, out: str) -> None:
+    """Group the classes into splits (one AC-GAN each) and measure real-image MS-SSIM.
+
+    \b
+    Examples:
+      acgan split                                    # contiguous groups of classes_per_split
+      acgan split --set split.classes_per_split=10   # the paper's grouping
+    """
+    from acgan.data.splits import make_splits
+
+    plan = make_splits(Path(data), Path(out), cfg)
+    for s in plan.splits:
+        click.echo(f"split {s.id}: classes {', '.join(s.class_names)}")
+    click.echo(f"{len(plan.splits)} splits -> {out}/splits.json")
+
+
+@cli.command()
+@with_config
+@click.option(
+    "--split",
+    "split_id",
+    required=True,
+    type=click.IntRange(min=0),
+    help="Split id from splits.json.",
+)
+@click.option(
+    "--splits",
+    default="data/splits",
+    type=click.Path(file_okay=False),
+    help="Output of `acgan split`.",
+)
+@click.option(
+    "--out",
+    default=None,
+    type=click.Path(file_okay=False),
+    help="Output directory  [default: models/split_<ID>]",
+)
+@click.option(
+    "--checkpoints",
+    default="checkpoints",
+    type=click.Path(file_okay=False),
+    help="Checkpoint root; a restarted run resumes from here.",
+)
+@click.option("--parent-run-id", default=None, help="MLflow parent run (KFP passes it).")
+@click.option(
+    "--attempt",
+    default=0,
+    type=click.IntRange(min=0),
+    help="Retrain attempt (a new seed per attempt).",
+)
+def train(
+    cfg: config_mod.Config,
+    split_id: int,
+    splits: str,
+    out: str | None,
+    checkpoints: str,
+    parent_run_id: str | None,
+    attempt: int,
+) -> None:
+    """Train one split's AC-GAN; resumes from its latest checkpoint after a crash.
+
+    \b
+    Examples:
+      acgan train --split 0
+      acgan train --split 1 --set train.steps=2000 --set train.device=cuda
+    """
+    from acgan.train import train_split_with_monitor
+
+    res = train_split_with_monitor(
+        cfg,
+        split_id,
+        Path(splits),
+        Path(out or f"models/split_{split_id}"),
+        Path(checkpoints),
+        make_tracker(cfg),
+        parent_run_id=parent_run_id,
+        attempt=attempt,
+    )
+    resumed = f" (resumed from step {res.resumed_from})" if res.resumed_from else ""
+    click.echo(
+        f"split {split_id}: {res.step} steps{resumed}, D class accuracy on real "
+        f"{res.metrics.get('d_acc_real', float('nan')):.2f} -> {res.out_dir} "
+        f"[MLflow run {res.run_id}]"
+    )
+
+
+@cli.command("config")
+@with_config
+@click.option("--list", "list_keys", is_flag=True, help="List every key with its default.")
+def show_config(cfg: config_mod.Config, list_keys: bool) -> None:
+    """Print the resolved configuration (params.yaml + --set), or every key with --list."""
+    if list_keys:
+        for key, tp, default, doc in config_mod.describe():
+            click.echo(f"{key:32} {tp:18} {default!s:22} {doc}")
+    else:
+        echo_json(cfg.to_dict())
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: user errors -> one line + exit 2."""
+    try:
+        cli.main(args=argv, prog_name="acgan", standalone_mode=False)
+    except AcganError as exc:
+        click.echo(f"acgan: error: {exc}", err=True)
+        sys.exit(2)
+    except click.exceptions.Abort:
+        click.echo("acgan: aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+
+
+if __name__ == "__main__":
+    main()

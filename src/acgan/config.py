@@ -1,0 +1,359 @@
+"""Typed, frozen configuration.
+
+``params.yaml`` holds only overrides; every default lives here. :func:`load` turns the file
+(plus ``key=value`` overrides from the command line) into one frozen :class:`Config` and rejects
+unknown keys, wrong types and out-of-range values with a one-line :class:`ConfigError` that
+names the key.
+
+Field metadata carries the validation rules: ``choices`` (allowed values), ``min``/``max``
+(inclusive bounds, also applied to list items), and ``doc`` (shown by ``acgan config``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+import yaml
+
+from acgan.errors import ConfigError
+
+SOURCES = ("synthetic", "mnist", "fashion_mnist", "cifar10", "cifar100", "imagefolder")
+
+
+def _f(default: Any, doc: str, **rules: Any) -> Any:
+    """A dataclass field with a default, a doc string and validation rules."""
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"doc": doc, **rules})
+    return field(default=default, metadata={"doc": doc, **rules})
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    source: str = _f("synthetic", "dataset source", choices=SOURCES)
+    root: str = _f("data/raw", "where torchvision datasets / the ImageFolder tree live")
+    download: bool = _f(False, "let torchvision download the dataset into data.root")
+    resolution: int = _f(32, "image size in pixels (square)", choices=(32, 64, 128))
+    channels: int = _f(3, "1 (grayscale) or 3 (RGB); sources are converted", choices=(1, 3))
+    on_bad_image: str = _f(
+        "error", "corrupt image file: fail, or skip and count it", choices=("error", "skip")
+    )
+    classes: list[str] | None = _f(None, "keep only these class names (e.g. an ImageNet subset)")
+    max_per_class: int | None = _f(None, "cap on images per class (first N in source order)", min=1)
+    synthetic_per_class: int = _f(600, "images per class of the synthetic source", min=10)
+    synthetic_seed: int = _f(0, "seed of the synthetic source", min=0)
+    shard_rows: int = _f(4096, "images per Parquet shard", min=64)
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    classes_per_split: int = _f(5, "classes per AC-GAN (the paper: 10)", min=1)
+    classes: list[list[int]] | None = _f(
+        None, "explicit class groups (lists of class indices); overrides classes_per_split"
+    )
+    ids: list[int] = _f(
+        [0, 1], "split ids dvc repro trains as train@ID (acgan split checks them)", min=0
+    )
+    reference_pairs: int = _f(
+        100, "image pairs per class for the real-data MS-SSIM reference", min=2
+    )
+    seed: int = _f(0, "seed for choosing the reference pairs", min=0)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    latent_dim: int = _f(100, "noise dimensions; G's input is one-hot(classes) + noise", min=1)
+    d_dropout: float = _f(
+        0.5,
+        "dropout after each D layer (the paper: 0.5; short runs learn faster with less)",
+        min=0.0,
+        max=0.9,
+    )
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = _f(400, "optimisation steps per split (one D and one G update each)", min=1)
+    batch_size: int = _f(64, "images per step", min=2, max=65536)
+    lr: float = _f(2e-4, "Adam learning rate (G and D)", min=1e-7, max=1.0)
+    beta1: float = _f(0.5, "Adam beta1", min=0.0, max=0.999999)
+    beta2: float = _f(0.999, "Adam beta2", min=0.0, max=0.999999)
+    seed: int = _f(0, "base seed; each split derives its own", min=0)
+    device: str = _f("auto", "auto | cpu | cuda", choices=("auto", "cpu", "cuda"))
+    amp: bool = _f(False, "bf16 autocast (GPU, or CPUs with bf16 units)")
+    ema_decay: float = _f(
+        0.999, "EMA decay of G's weights (0 disables the EMA copy)", min=0.0, max=0.999999
+    )
+    checkpoint_every: int = _f(100, "steps between checkpoints", min=1)
+    keep_checkpoints: int = _f(3, "newest checkpoints kept per split", min=1)
+    log_every: int = _f(25, "steps between logged metrics (the only host sync)", min=1)
+    sample_every: int = _f(200, "steps between logged sample grids", min=1)
+    pack: int = _f(1, "splits trained together in one process on one device", min=1)
+
+
+@dataclass(frozen=True)
+class MonitorConfig:
+    enabled: bool = _f(True, "run the collapse monitor during training")
+    every: int = _f(100, "steps between collapse checks", min=1)
+    pairs: int = _f(50, "sample pairs per class for MS-SSIM (>= 50 recommended)", min=2)
+    margin: float = _f(0.05, "threshold = max real-class MS-SSIM + margin", min=0.0, max=1.0)
+    threshold: float | None = _f(
+        None, "explicit MS-SSIM threshold (overrides margin)", min=0.0, max=1.0
+    )
+    patience: int = _f(2, "consecutive checks above threshold before a class collapses", min=1)
+    action: str = _f("warn", "what a collapse does", choices=("warn", "stop", "rollback"))
+    max_rollbacks: int = _f(2, "rollbacks allowed per split", min=0)
+    rollback_lr_factor: float = _f(
+        0.5, "learning-rate factor applied at each rollback", min=1e-3, max=1.0
+    )
+    retrain_collapsed: bool = _f(False, "retrain a collapsed split once with a new seed")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    samples_per_class: int = _f(200, "generated samples per class", min=1)
+    batch_size: int = _f(500, "generation / feature-extraction batch", min=1)
+    seed: int = _f(1234, "seed of the evaluation latents", min=0)
+    judge_epochs: int = _f(8, "epochs of the judge classifier", min=1)
+    judge_holdout: float = _f(
+        0.1, "fraction of real images held out to score the judge", min=0.01, max=0.5
+    )
+    inception_weights: str | None = _f(None, "local torchvision Inception-v3 state_dict")
+    msssim_pairs: int = _f(100, "pairs per class for MS-SSIM diversity", min=2)
+    min_accuracy: float = _f(0.3, "gate: judge accuracy of samples at least this", min=0.0, max=1.0)
+    max_fid: float | None = _f(None, "gate: FID at most this (null: no FID gate)", min=0.0)
+    min_diverse_fraction: float = _f(
+        0.0, "gate: fraction of diverse classes at least this", min=0.0, max=1.0
+    )
+
+
+@dataclass(frozen=True)
+class RegistryConfig:
+    enabled: bool = _f(True, "register the ensemble in the MLflow model registry")
+    model_name: str | None = _f(None, "registered model name (default acgan-<data.source>)")
+    primary_metric: str = _f("judge_accuracy", "figure that decides the champion")
+    greater_is_better: bool = _f(True, "direction of the primary figure")
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    enabled: bool = _f(True, "log to MLflow (false: a no-op tracker)")
+    uri: str = _f("sqlite:///mlflow.db", "MLflow tracking URI (MLFLOW_TRACKING_URI overrides)")
+    experiment: str = _f("acgan", "MLflow experiment name")
+
+
+@dataclass(frozen=True)
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    split: SplitConfig = field(default_factory=SplitConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    registry: RegistryConfig = field(default_factory=RegistryConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return dataclasses.asdict(self)
+
+    def flat(self) -> dict[str, Any]:
+        """``{"train.steps": 400, ...}`` — the shape MLflow params want."""
+        return {f"{s}.{k}": v for s, sec in self.to_dict().items() for k, v in sec.items()}
+
+    def fingerprint(self, *sections: str, exclude: tuple[str, ...] = ()) -> str:
+        """Short content hash of the given sections (all when none), minus ``exclude`` keys."""
+        d = self.to_dict()
+        picked = {s: d[s] for s in (sections or d.keys())}
+        for key in exclude:
+            sec, _, name = key.partition(".")
+            picked.get(sec, {}).pop(name, None)
+        blob = json.dumps(picked, sort_keys=True, default=str).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+    @property
+    def model_name(self) -> str:
+        return self.registry.model_name or f"acgan-{self.data.source.replace('_', '-')}"
+
+
+_SECTION_TYPES = {
+    "data": DataConfig,
+    "split": SplitConfig,
+    "model": ModelConfig,
+    "train": TrainConfig,
+    "monitor": MonitorConfig,
+    "eval": EvalConfig,
+    "registry": RegistryConfig,
+    "tracking": TrackingConfig,
+}
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return " | ".join(_type_name(a) for a in args) + " | null"
+    if origin is list:
+        return f"list[{_type_name(typing.get_args(tp)[0])}]"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(key: str, tp: Any, value: Any, rules: dict[str, Any]) -> Any:
+    """Check ``value`` against type ``tp`` and the field's rules; return the clean value."""
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        if value is None:
+            return None
+        (inner,) = [a for a in typing.get_args(tp) if a is not type(None)]
+        return _coerce(key, inner, value, rules)
+    if origin is list:
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+        (item_tp,) = typing.get_args(tp)
+        return [_coerce(f"{key}[{i}]", item_tp, v, rules) for i, v in enumerate(value)]
+    if tp is float and isinstance(value, str):  # YAML 1.1 reads `1e-4` (no dot) as a string
+        with contextlib.suppress(ValueError):
+            value = float(value)
+    expected = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+    ok = {
+        bool: lambda v: isinstance(v, bool),
+        int: lambda v: isinstance(v, int) and not isinstance(v, bool),
+        float: lambda v: isinstance(v, int | float) and not isinstance(v, bool),
+        str: lambda v: isinstance(v, str),
+    }
+    if tp in ok and not ok[tp](value):
+        raise ConfigError(f"{key}: expected {expected[tp]}, got {value!r}")
+    if tp is float:
+        value = float(value)
+    choices = rules.get("choices")
+    if choices is not None and value not in choices:
+        allowed = " | ".join(str(c) for c in choices)
+        raise ConfigError(f"{key}: must be one of {allowed}, got {value!r}")
+    lo, hi = rules.get("min"), rules.get("max")
+    if lo is not None and value < lo:
+        raise ConfigError(f"{key}: must be >= {lo}, got {value!r}")
+    if hi is not None and value > hi:
+        raise ConfigError(f"{key}: must be <= {hi}, got {value!r}")
+    return value
+
+
+def _build_section(name: str, raw: Any, source: str) -> Any:
+    cls = _SECTION_TYPES[name]
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: section '{name}' must be a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in raw:
+        if key not in fields:
+            known = ", ".join(sorted(fields))
+            raise ConfigError(f"{source}: unknown key '{name}.{key}' (known: {known})")
+    kwargs = {
+        k: _coerce(f"{name}.{k}", hints[k], v, dict(fields[k].metadata)) for k, v in raw.items()
+    }
+    return cls(**kwargs)
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``"train.steps=50"`` -> ``("train.steps", 50)``; the value is parsed as YAML."""
+    key, sep, value = text.partition("=")
+    if not sep or "." not in key:
+        raise ConfigError(f"override '{text}': expected section.key=value, e.g. train.steps=50")
+    try:
+        return key.strip(), yaml.safe_load(value)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override '{text}': value is not valid YAML ({exc.problem})") from exc
+
+
+def from_dict(raw: dict[str, Any], source: str = "config") -> Config:
+    for name in raw:
+        if name not in _SECTION_TYPES:
+            known = ", ".join(_SECTION_TYPES)
+            raise ConfigError(f"{source}: unknown section '{name}' (known: {known})")
+    cfg = Config(**{n: _build_section(n, raw.get(n), source) for n in _SECTION_TYPES})
+    _cross_check(cfg, source)
+    return cfg
+
+
+def _cross_check(cfg: Config, source: str) -> None:
+    """Rules that involve more than one key."""
+    if cfg.split.classes is not None:
+        seen: set[int] = set()
+        for i, group in enumerate(cfg.split.classes):
+            if not group:
+                raise ConfigError(f"{source}: split.classes[{i}] is empty; list class indices")
+            dup = seen.intersection(group)
+            if dup or len(set(group)) != len(group):
+                raise ConfigError(
+                    f"{source}: split.classes[{i}] repeats class {sorted(dup or group)[0]}; "
+                    "each class belongs to one split"
+                )
+            seen.update(group)
+    if len(set(cfg.split.ids)) != len(cfg.split.ids):
+        raise ConfigError(f"{source}: split.ids has duplicates: {cfg.split.ids}")
+
+
+def load(
+    path: str | Path | None = "params.yaml",
+    overrides: typing.Sequence[str] = (),
+    *,
+    missing_ok: bool = True,
+) -> Config:
+    """Read ``path`` (YAML, overrides only) and ``key=value`` overrides into a :class:`Config`.
+
+    A missing file is an error unless ``missing_ok`` and it is the default ``params.yaml``
+    (then the built-in defaults apply).
+    """
+    raw: dict[str, Any] = {}
+    source = str(path) if path else "defaults"
+    if path is not None:
+        p = Path(path)
+        if p.exists():
+            try:
+                loaded = yaml.safe_load(p.read_text()) or {}
+            except yaml.YAMLError as exc:
+                raise ConfigError(f"{p}: not valid YAML ({exc}); fix the file") from exc
+            if not isinstance(loaded, dict):
+                raise ConfigError(f"{p}: expected a mapping of sections, got {type(loaded)}")
+            raw = loaded
+        elif not (missing_ok and p.name == "params.yaml"):
+            raise ConfigError(f"{p}: params file not found; pass --params with an existing file")
+    raw = {k: dict(v) if isinstance(v, dict) else v for k, v in raw.items()}
+    for text in overrides:
+        key, value = parse_override(text)
+        section, _, name = key.partition(".")
+        if section not in _SECTION_TYPES:
+            raise ConfigError(f"override '{text}': unknown section '{section}'")
+        sec = raw.setdefault(section, {})
+        if not isinstance(sec, dict):
+            raise ConfigError(f"{source}: section '{section}' must be a mapping")
+        sec[name] = value
+    return from_dict(raw, source)
+
+
+def describe() -> list[tuple[str, str, Any, str]]:
+    """``(key, type, default, doc)`` for every key — used by ``acgan config --list``."""
+    rows = []
+    for name, cls in _SECTION_TYPES.items():
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            rows.append(
+                (f"{name}.{f.name}", _type_name(hints[f.name]), default, f.metadata.get("doc", ""))
+            )
+    return rows
+
+
+def replace(cfg: Config, **changes: dict[str, Any]) -> Config:
+    """A copy of ``cfg`` with some keys of some sections changed, validated like a file."""
+    d = cfg.to_dict()
+    for section, keys in changes.items():
+        d[section].update(keys)
+    return from_dict(d, "config")

@@ -1,0 +1,161 @@
+"""The ensemble: one generator per split, each class label routed to its split's generator.
+
+A domain object shared by evaluation, ``acgan generate`` and the registry's pyfunc wrapper.
+Members are loaded from the trainer's ``generator.pt`` files (plain dicts, ``weights_only``);
+a member that fails to load is reported by split and file, never papered over.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from acgan import checkpoint
+from acgan.errors import AcganError, CheckpointError
+from acgan.models.acgan import Generator
+from acgan.models.sampling import generate, latents
+
+GENERATOR_FILE = "generator.pt"
+GENERATOR_FORMAT = "acgan.generator/1"  # written by acgan.train.state.generator_record
+
+
+@dataclass
+class Member:
+    split_id: int
+    classes: list[int]  # dataset-level class indices
+    class_names: list[str]
+    G: Generator
+    path: Path
+    step: int
+
+
+def load_member(path: str | Path, device: torch.device | str = "cpu") -> Member:
+    """Load one split's generator from its output directory or ``generator.pt`` file."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / GENERATOR_FILE
+    rec = checkpoint.load(path, map_location="cpu")
+    if rec.get("format") != GENERATOR_FORMAT:
+        raise CheckpointError(
+            f"{path}: not a generator file (format {rec.get('format')!r}); "
+            "point at a split's training output (models/split_<id>)"
+        )
+    try:
+        G = Generator(
+            int(rec["num_classes"]),
+            int(rec["latent_dim"]),
+            int(rec["resolution"]),
+            int(rec["channels"]),
+        )
+        G.load_state_dict(rec["state_dict"])
+        classes, names = [int(c) for c in rec["classes"]], [str(n) for n in rec["class_names"]]
+    except (KeyError, RuntimeError, ValueError, TypeError) as exc:
+        raise CheckpointError(
+            f"{path}: generator weights are damaged or do not match "
+            f"({str(exc).splitlines()[0][:160]}); retrain split "
+            f"{rec.get('split_id', '?')}"
+        ) from exc
+    if len(classes) != G.num_classes:
+        raise CheckpointError(
+            f"{path}: {len(classes)} classes listed but G has "
+            f"{G.num_classes}; retrain split {rec.get('split_id', '?')}"
+        )
+    for name, t in G.state_dict().items():
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            raise CheckpointError(
+                f"{path}: non-finite values in {name}; retrain split {rec.get('split_id', '?')}"
+            )
+    G.to(device).eval().requires_grad_(False)
+    return Member(int(rec["split_id"]), classes, names, G, path, int(rec.get("step", 0)))
+
+
+class Ensemble:
+    """Routes each dataset class to the generator of the split that holds it."""
+
+    def __init__(self, members: Sequence[Member]) -> None:
+        if not members:
+            raise AcganError("ensemble: no split generators given; train at least one split")
+        first = members[0].G
+        self.members = sorted(members, key=lambda m: m.split_id)
+        self.resolution, self.channels = first.resolution, first.channels
+        self.latent_dim = first.latent_dim
+        self._route: dict[int, tuple[Member, int]] = {}
+        self.class_names: dict[int, str] = {}
+        for m in self.members:
+            if (m.G.resolution, m.G.channels, m.G.latent_dim) != (
+                self.resolution,
+                self.channels,
+                self.latent_dim,
+            ):
+                raise AcganError(
+                    f"{m.path}: split {m.split_id} is "
+                    f"{m.G.resolution}px/{m.G.channels}ch, the ensemble "
+                    f"{self.resolution}px/{self.channels}ch; retrain it"
+                )
+            for local, (c, name) in enumerate(zip(m.classes, m.class_names, strict=True)):
+                if c in self._route:
+                    raise AcganError(
+                        f"{m.path}: class {c} ({name}) is already served by split "
+                        f"{self._route[c][0].split_id}; each class needs one split"
+                    )
+                self._route[c] = (m, local)
+                self.class_names[c] = name
+
+    @classmethod
+    def load(cls, paths: Sequence[str | Path], device: torch.device | str = "cpu") -> Ensemble:
+        return cls([load_member(p, device) for p in paths])
+
+    @property
+    def classes(self) -> list[int]:
+        return sorted(self._route)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.members[0].G.parameters()).device
+
+    def describe_classes(self) -> str:
+        return ", ".join(f"{c}={n}" for c, n in sorted(self.class_names.items()))
+
+    def resolve(self, label: Any) -> int:
+        """A class index or name -> the dataset class index; unknown -> error listing all."""
+        if isinstance(label, str) and not label.strip().lstrip("-").isdigit():
+            for c, n in self.class_names.items():
+                if n == label:
+                    return c
+        else:
+            try:
+                c = int(label)
+            except (TypeError, ValueError):
+                c = None
+            if c in self._route:
+                return c
+        raise AcganError(
+            f"class_label {label!r} is not in this ensemble; valid classes: "
+            f"{self.describe_classes()}"
+        )
+
+    def member_for(self, label: Any) -> Member:
+        return self._route[self.resolve(label)][0]
+
+    def generate(
+        self, label: Any, n: int, seed: int = 0, batch_size: int = 1000, z: Tensor | None = None
+    ) -> Tensor:
+        """``n`` uint8 images (n, C, H, W) of one class; the same seed gives the same images
+        (and the same noise for every class, which is what class-swap grids rely on)."""
+        if n < 1:
+            raise AcganError(f"n: {n} samples requested; ask for at least 1")
+        member, local = self._route[self.resolve(label)]
+        if z is None:
+            z = latents(n, self.latent_dim, seed, self.device)
+        labels = torch.full((n,), local, dtype=torch.long, device=self.device)
+        return generate(member.G, labels, z.to(self.device), batch_size)
+
+    def to(self, device: torch.device | str) -> Ensemble:
+        for m in self.members:
+            m.G.to(device)
+        return self

@@ -1,0 +1,300 @@
+"""The only module of the core that talks to MLflow: an adapter with a no-op twin.
+
+Runs are addressed explicitly by id through ``MlflowClient`` (no global "active run"), so a
+trainer, a DVC stage and a KFP task can all log into the same parent run. A pipeline run is
+found-or-created by a key (a hash of the data and the configuration): every ``dvc repro`` stage
+of one pipeline run logs under one parent, and each split's trainer under one child of it —
+the child is reused when a killed trainer resumes. On Kubeflow the parent id is created once by
+the first task and passed down, so the cluster run and a local run look the same in MLflow.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+
+from acgan.errors import TrackingError
+
+log = logging.getLogger(__name__)
+
+PIPELINE_KEY_TAG = "acgan.pipeline_key"
+SPLIT_TAG = "acgan.split"
+STAGE_TAG = "acgan.stage"
+PARENT_TAG = "mlflow.parentRunId"
+T = TypeVar("T")
+
+
+def _retry(what: str, fn: Callable[[], T], attempts: int = 4, base_delay: float = 0.5) -> T:
+    """Call ``fn`` with bounded retries and exponential backoff; then a one-line error."""
+    for i in range(attempts):
+        try:
+            return fn()
+        except Exception as exc:  # MLflow raises MlflowException, requests errors, boto errors
+            if i == attempts - 1:
+                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+                raise TrackingError(
+                    f"MLflow: {what} failed after {attempts} attempts "
+                    f"({first}); check tracking.uri / MLFLOW_TRACKING_URI and "
+                    "that the server and its artifact store are up"
+                ) from exc
+            time.sleep(base_delay * 2**i)
+    raise AssertionError("unreachable")
+
+
+class Run:
+    """A handle on one MLflow run; every method is a no-op on :class:`NullRun`."""
+
+    def __init__(self, client: Any, run_id: str) -> None:
+        self._client, self.run_id = client, run_id
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        batch = [
+            Metric(k, float(v), now, step or 0)
+            for k, v in metrics.items()
+            if v is not None and math.isfinite(float(v))
+        ]
+        for i in range(0, len(batch), 1000):  # the REST API caps a batch at 1000 metrics
+            _retry(
+                "log_metrics",
+                lambda b=batch[i : i + 1000]: self._client.log_batch(self.run_id, metrics=b),
+            )
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, str(v)[:6000]) for k, v in params.items()]
+        existing = self._client.get_run(self.run_id).data.params
+        items = [p for p in items if p.key not in existing]  # params are write-once
+        for i in range(0, len(items), 100):
+            _retry(
+                "log_params",
+                lambda b=items[i : i + 100]: self._client.log_batch(self.run_id, params=b),
+            )
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        from mlflow.entities import RunTag
+
+        batch = [RunTag(k, str(v)[:5000]) for k, v in tags.items()]
+        if batch:
+            _retry("set_tags", lambda: self._client.log_batch(self.run_id, tags=batch))
+
+    def log_image(self, image: Any, artifact_file: str) -> None:
+        """A PIL image or HxWxC uint8 array, stored as PNG at ``artifact_file``."""
+        _retry(
+            f"log_image {artifact_file}",
+            lambda: self._client.log_image(self.run_id, np.asarray(image), artifact_file),
+        )
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        p = Path(path)
+        fn = self._client.log_artifacts if p.is_dir() else self._client.log_artifact
+        _retry(f"log_artifact {p.name}", lambda: fn(self.run_id, str(p), artifact_path))
+
+    def log_dict(self, obj: Any, artifact_file: str) -> None:
+        _retry(
+            f"log_dict {artifact_file}",
+            lambda: self._client.log_dict(self.run_id, obj, artifact_file),
+        )
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        _retry(
+            f"log_text {artifact_file}",
+            lambda: self._client.log_text(self.run_id, text, artifact_file),
+        )
+
+    def end(self, status: str = "FINISHED") -> None:
+        _retry("end run", lambda: self._client.set_terminated(self.run_id, status))
+
+    @property
+    def url_hint(self) -> str:
+        return f"run {self.run_id}"
+
+
+class NullRun(Run):
+    """Accepts every call and records nothing (tracking disabled, or unit tests)."""
+
+    def __init__(self, run_id: str = "none") -> None:  # noqa: D107 - no client
+        self.run_id = run_id
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None: ...
+    def log_params(self, params: Mapping[str, Any]) -> None: ...
+    def set_tags(self, tags: Mapping[str, Any]) -> None: ...
+    def log_image(self, image: Any, artifact_file: str) -> None: ...
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None: ...
+    def log_dict(self, obj: Any, artifact_file: str) -> None: ...
+    def log_text(self, text: str, artifact_file: str) -> None: ...
+    def end(self, status: str = "FINISHED") -> None: ...
+
+
+class Tracker:
+    """Opens pipeline (parent) runs and per-split / per-stage (child) runs in one experiment."""
+
+    def __init__(self, uri: str, experiment: str) -> None:
+        import mlflow
+        from mlflow.tracking import MlflowClient
+
+        self.uri, self.experiment = uri, experiment
+        mlflow.set_tracking_uri(uri)  # also what mlflow.pyfunc loads use
+        self._client = MlflowClient(tracking_uri=uri)
+        self.experiment_id = _retry(f"open experiment '{experiment}' at {uri}", self._experiment_id)
+
+    @property
+    def client(self) -> Any:
+        return self._client
+
+    def _experiment_id(self) -> str:
+        exp = self._client.get_experiment_by_name(self.experiment)
+        if exp is not None:
+            return exp.experiment_id
+        try:
+            return self._client.create_experiment(self.experiment)
+        except Exception:  # another process created it in between
+            exp = self._client.get_experiment_by_name(self.experiment)
+            if exp is None:
+                raise
+            return exp.experiment_id
+
+    def _find(self, filter_string: str) -> Any | None:
+        runs = _retry(
+            "search runs",
+            lambda: self._client.search_runs(
+                [self.experiment_id],
+                filter_string=filter_string,
+                max_results=1,
+                order_by=["attributes.start_time DESC"],
+            ),
+        )
+        return runs[0] if runs else None
+
+    def pipeline_run(
+        self,
+        key: str,
+        name: str,
+        params: Mapping[str, Any] | None = None,
+        tags: Mapping[str, Any] | None = None,
+        run_id: str | None = None,
+    ) -> Run:
+        """The parent run of one pipeline run: ``run_id`` if given, else found by ``key``."""
+        if run_id:
+            return Run(
+                self._client, _retry("get run", lambda: self._client.get_run(run_id)).info.run_id
+            )
+        found = self._find(f"tags.`{PIPELINE_KEY_TAG}` = '{key}'")
+        if found is not None:
+            run = Run(self._client, found.info.run_id)
+        else:
+            created = _retry(
+                "create run",
+                lambda: self._client.create_run(
+                    self.experiment_id, run_name=name, tags={PIPELINE_KEY_TAG: key}
+                ),
+            )
+            run = Run(self._client, created.info.run_id)
+        if params:
+            run.log_params(params)
+        if tags:
+            run.set_tags(tags)
+        return run
+
+    def child_run(
+        self,
+        parent: Run,
+        name: str,
+        tags: Mapping[str, Any],
+        params: Mapping[str, Any] | None = None,
+        reuse: bool = True,
+    ) -> Run:
+        """A nested run under ``parent``; with ``reuse`` an earlier one with the same tags is
+        picked up again (a resumed trainer keeps logging into its run)."""
+        found = None
+        if reuse:
+            clauses = [f"tags.`{PARENT_TAG}` = '{parent.run_id}'"]
+            clauses += [f"tags.`{k}` = '{v}'" for k, v in tags.items()]
+            found = self._find(" and ".join(clauses))
+        if found is not None:
+            run = Run(self._client, found.info.run_id)
+            _retry("reopen run", lambda: self._client.update_run(run.run_id, "RUNNING"))
+        else:
+            all_tags = {PARENT_TAG: parent.run_id, **{k: str(v) for k, v in tags.items()}}
+            created = _retry(
+                "create run",
+                lambda: self._client.create_run(self.experiment_id, run_name=name, tags=all_tags),
+            )
+            run = Run(self._client, created.info.run_id)
+        if params:
+            run.log_params(params)
+        return run
+
+    def run(self, run_id: str) -> Run:
+        return Run(self._client, run_id)
+
+    def find_child(self, parent: Run, tags: Mapping[str, Any]) -> Run | None:
+        clauses = [f"tags.`{PARENT_TAG}` = '{parent.run_id}'"]
+        clauses += [f"tags.`{k}` = '{v}'" for k, v in tags.items()]
+        found = self._find(" and ".join(clauses))
+        return Run(self._client, found.info.run_id) if found else None
+
+
+class NullTracker(Tracker):
+    """The no-op twin: same interface, no MLflow import, nothing recorded."""
+
+    def __init__(self) -> None:  # noqa: D107
+        self.uri, self.experiment, self.experiment_id = "", "", "0"
+
+    @property
+    def client(self) -> Any:
+        return None
+
+    def pipeline_run(
+        self,
+        key: str,
+        name: str,
+        params: Mapping[str, Any] | None = None,
+        tags: Mapping[str, Any] | None = None,
+        run_id: str | None = None,
+    ) -> Run:
+        return NullRun(run_id or f"null-{key}")
+
+    def child_run(
+        self,
+        parent: Run,
+        name: str,
+        tags: Mapping[str, Any],
+        params: Mapping[str, Any] | None = None,
+        reuse: bool = True,
+    ) -> Run:
+        return NullRun(f"{parent.run_id}/{name}")
+
+    def run(self, run_id: str) -> Run:
+        return NullRun(run_id)
+
+    def find_child(self, parent: Run, tags: Mapping[str, Any]) -> Run | None:
+        return None
+
+
+def make_tracker(enabled: bool, uri: str, experiment: str) -> Tracker:
+    """An MLflow tracker, or the no-op twin when tracking is disabled."""
+    if not enabled:
+        return NullTracker()
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    return Tracker(uri, experiment)
+
+
+def png_bytes(image: Any) -> bytes:
+    """Encode a PIL image or HxWxC uint8 array as PNG (for artifacts written to disk too)."""
+    from PIL import Image
+
+    img = image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image))
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()

@@ -1,0 +1,57 @@
+"""Generic fixtures: a small configuration and a small ingested + split synthetic dataset."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from acgan.config import Config, load
+
+# Small enough that ingest + split take about a second; big enough for 2 shards per run and
+# MS-SSIM pairs per class.
+SMALL_OVERRIDES = (
+    "data.source=synthetic",
+    "data.synthetic_per_class=20",
+    "data.shard_rows=64",
+    "split.classes_per_split=5",
+    "split.ids=[0, 1]",
+    "split.reference_pairs=10",
+    "tracking.enabled=false",
+)
+
+
+@pytest.fixture
+def make_cfg() -> Callable[..., Config]:
+    """``make_cfg("train.steps=5", ...)``: the small configuration plus overrides."""
+
+    def _make(*overrides: str) -> Config:
+        return load(None, [*SMALL_OVERRIDES, *overrides])
+
+    return _make
+
+
+@pytest.fixture
+def small_cfg(make_cfg: Callable[..., Config]) -> Config:
+    return make_cfg()
+
+
+@pytest.fixture(scope="session")
+def synthetic_ingested(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An ingested small synthetic dataset (shared by the session: do not modify it)."""
+    from acgan.data.ingest import ingest
+
+    out = tmp_path_factory.mktemp("ingested") / "data"
+    ingest(load(None, list(SMALL_OVERRIDES)).data, out, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def synthetic_splits(synthetic_ingested: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The split stage's output for :func:`synthetic_ingested` (shared: do not modify it)."""
+    from acgan.data.splits import make_splits
+
+    out = tmp_path_factory.mktemp("splits") / "splits"
+    make_splits(synthetic_ingested, out, load(None, list(SMALL_OVERRIDES)), progress=False)
+    return out
