@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -55,3 +56,49 @@ def synthetic_splits(synthetic_ingested: Path, tmp_path_factory: pytest.TempPath
     out = tmp_path_factory.mktemp("splits") / "splits"
     make_splits(synthetic_ingested, out, load(None, list(SMALL_OVERRIDES)), progress=False)
     return out
+
+
+# A few steps at a small batch: enough for real generator files, not for good samples.
+TINY_TRAIN = (
+    "train.steps=6",
+    "train.batch_size=16",
+    "train.log_every=3",
+    "train.sample_every=6",
+    "train.checkpoint_every=3",
+    "monitor.every=3",
+    "monitor.pairs=4",
+    "eval.samples_per_class=8",
+    "eval.msssim_pairs=4",
+    "eval.judge_epochs=1",
+)
+
+
+@dataclass(frozen=True)
+class TinyPipeline:
+    """A whole small pipeline's outputs up to training (shared: do not modify)."""
+
+    cfg: Config
+    ingested: Path
+    splits: Path
+    model_dirs: tuple[Path, ...]
+    checkpoints: Path
+
+
+@pytest.fixture(scope="session")
+def tiny_trained(
+    synthetic_ingested: Path, synthetic_splits: Path, tmp_path_factory: pytest.TempPathFactory
+) -> TinyPipeline:
+    """Both splits of the small dataset trained for a few steps (tracking disabled)."""
+    from acgan.train import train_split_with_monitor
+
+    cfg = load(None, [*SMALL_OVERRIDES, *TINY_TRAIN])
+    root = tmp_path_factory.mktemp("trained")
+    dirs = []
+    for sid in cfg.split.ids:
+        res = train_split_with_monitor(
+            cfg, sid, synthetic_splits, root / f"split_{sid}", root / "checkpoints", progress=False
+        )
+        dirs.append(res.out_dir)
+    return TinyPipeline(
+        cfg, synthetic_ingested, synthetic_splits, tuple(dirs), root / "checkpoints"
+    )

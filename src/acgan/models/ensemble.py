@@ -159,3 +159,44 @@ class Ensemble:
         for m in self.members:
             m.G.to(device)
         return self
+
+
+# The ensemble manifest: which split directories make up the ensemble (written by the monitor
+# stage after it has dropped or retrained collapsed splits; read by evaluate, register, KFP).
+ENSEMBLE_JSON = "ensemble.json"
+
+
+def write_manifest(
+    path: str | Path, members: Sequence[dict[str, Any]], excluded: Sequence[dict[str, Any]] = ()
+) -> Path:
+    """``members``: ``{"split_id", "model_dir", "status", ...}``; ``excluded``: ``{"split_id",
+    "reason", ...}``. ``model_dir`` is stored as given (relative paths stay relative)."""
+    path = Path(path)
+    if path.is_dir() or not path.suffix:
+        path = path / ENSEMBLE_JSON
+    checkpoint.atomic_write_json(path, {"members": list(members), "excluded": list(excluded)})
+    return path
+
+
+def read_manifest(path: str | Path, base: str | Path | None = None) -> list[Path]:
+    """The member directories listed in an ensemble manifest (relative to ``base``, default
+    the current directory)."""
+    import json
+
+    path = Path(path)
+    if path.is_dir():
+        path = path / ENSEMBLE_JSON
+    try:
+        raw = json.loads(path.read_text())
+        dirs = [Path(m["model_dir"]) for m in raw["members"]]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise AcganError(
+            f"{path}: not a readable ensemble manifest ({checkpoint.one_line(exc)}); "
+            "re-run `acgan monitor`"
+        ) from exc
+    if not dirs:
+        excluded = "; ".join(
+            f"split {e.get('split_id')}: {e.get('reason')}" for e in raw.get("excluded", [])
+        )
+        raise AcganError(f"{path}: every split was excluded ({excluded}); retrain them")
+    return [d if d.is_absolute() or base is None else Path(base) / d for d in dirs]

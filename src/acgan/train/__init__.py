@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from acgan.config import Config
 from acgan.train.loop import TrainResult, train_split
 
-__all__ = ["TrainResult", "train_split", "train_split_with_monitor"]
+__all__ = ["TrainResult", "train_split", "train_split_with_monitor", "train_splits"]
 
 
 def train_split_with_monitor(
@@ -22,3 +23,30 @@ def train_split_with_monitor(
 ) -> TrainResult:
     """Train a split with the collapse monitor attached as configured (``monitor.*``)."""
     return train_split(cfg, split_id, splits_dir, out_dir, checkpoint_root, tracker, **kwargs)
+
+
+def train_splits(
+    cfg: Config,
+    split_ids: Sequence[int],
+    splits_dir: Path,
+    out_root: Path,
+    checkpoint_root: Path,
+    tracker: Any = None,
+    **kwargs: Any,
+) -> list[TrainResult]:
+    """Train a group of splits on this process's device into ``out_root/split_<id>``.
+
+    One after another for ``train.pack: 1``; packed into one batched model otherwise.
+    """
+    return [
+        train_split_with_monitor(
+            cfg,
+            sid,
+            splits_dir,
+            Path(out_root) / f"split_{sid}",
+            checkpoint_root,
+            tracker,
+            **kwargs,
+        )
+        for sid in split_ids
+    ]

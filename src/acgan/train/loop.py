@@ -79,6 +79,7 @@ class LoopContext:
     data: SplitData
     ckpt_dir: Path
     run: Run
+    meta: dict[str, Any]  # what every checkpoint of this split carries (see save_checkpoint)
     events: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -223,7 +224,6 @@ def train_split(
         },
         params=cfg.flat(),
     )
-    ctx = LoopContext(cfg, state, data, ckpt_dir, run, events=state.extra.get("events", []))
     history: list[dict[str, float]] = state.extra.setdefault("history", [])
     meta = {
         "split_id": split_id,
@@ -233,6 +233,7 @@ def train_split(
         "config": cfg.to_dict(),
         "attempt": attempt,
     }
+    ctx = LoopContext(cfg, state, data, ckpt_dir, run, meta, events=state.extra.get("events", []))
     t_cfg = cfg.train
     acc = torch.zeros(len(METRIC_NAMES), device=device)
     count, stopped, status = 0, False, "FAILED"
