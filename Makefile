@@ -34,13 +34,13 @@ test: $(STAMP)
 	$(BIN)/pytest -q
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests components pipelines benchmarks
-	$(BIN)/ruff format --check src tests components pipelines benchmarks
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 lock:
 	# regenerate the constraints from a clean resolution (slow: minutes of backtracking)
 	rm -rf /tmp/acgan-lock && $(PY) -m venv /tmp/acgan-lock
-	/tmp/acgan-lock/bin/pip install --quiet -e ".[dev]"
+	/tmp/acgan-lock/bin/pip install --quiet "torch==2.14.1" "torchvision==0.29.1" -e ".[dev]"
 	/tmp/acgan-lock/bin/pip freeze --exclude-editable | grep -v '^acgan' > requirements/constraints.txt
 
 clean-outputs:

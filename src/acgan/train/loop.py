@@ -174,6 +174,9 @@ def _graceful_sigterm() -> Iterator[dict[str, bool]]:
 def _resume(state: TrainState, ckpt_dir: Path, steps: int) -> int | None:
     """Load the newest checkpoint at or below ``steps``. A checkpoint that fails to load is an
     error naming it — silently starting over would throw the user's compute away."""
+    # A process killed while saving leaves its temp file behind (never a partial checkpoint).
+    for stale in Path(ckpt_dir).glob(".step-*.tmp") if Path(ckpt_dir).is_dir() else ():
+        stale.unlink(missing_ok=True)
     for step, path in checkpoint.iter_newest(ckpt_dir, max_step=steps):
         state.load_checkpoint(checkpoint.load(path, map_location=state.device), str(path))
         log.info("resumed split from %s (step %d)", path, step)
