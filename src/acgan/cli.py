@@ -219,6 +219,18 @@ def train(
     )
 
 
+# --- monitor commands (collapse monitor issue) ---
+
+
+# --- evaluation commands (judge, evaluate) ---
+
+
+# --- registry commands (register, generate) ---
+
+
+# --- kubeflow commands (compile, submit) ---
+
+
 @cli.command("config")
 @with_config
 @click.option("--list", "list_keys", is_flag=True, help="List every key with its default.")

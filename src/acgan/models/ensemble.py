@@ -200,3 +200,21 @@ def read_manifest(path: str | Path, base: str | Path | None = None) -> list[Path
         )
         raise AcganError(f"{path}: every split was excluded ({excluded}); retrain them")
     return [d if d.is_absolute() or base is None else Path(base) / d for d in dirs]
+
+
+def find_split_dirs(root: str | Path, split_ids: Sequence[int]) -> list[Path]:
+    """The training output of each split under ``root``: ``root/split_<id>`` (one process per
+    split) or ``root/<group>/split_<id>`` (packed training writes a group directory).
+    A split with no ``train.json`` is an error naming it."""
+    root = Path(root)
+    found = []
+    for sid in split_ids:
+        candidates = [root / f"split_{sid}", *sorted(root.glob(f"*/split_{sid}"))]
+        hit = next((c for c in candidates if (c / "train.json").is_file()), None)
+        if hit is None:
+            raise AcganError(
+                f"{root}: no training output for split {sid} (split_{sid}/train.json); "
+                f"run `acgan train --split {sid}` (or `dvc repro`) first"
+            )
+        found.append(hit)
+    return found
