@@ -1,0 +1,164 @@
+"""``acgan generate``: load an ensemble (registry, run, or local files) and write PNGs.
+
+Where the model comes from:
+
+- ``models:/NAME@ALIAS``, ``models:/NAME/VERSION``, ``runs:/RUN_ID/ensemble`` or any other
+  MLflow model URI: loaded through ``mlflow.pyfunc`` from the tracking server given;
+- a local directory holding an ``MLmodel`` (a downloaded pyfunc model);
+- an ensemble manifest (``reports/monitor/ensemble.json``), a split directory
+  (``models/split_0``) or a directory with ``ensemble.json``: loaded without MLflow.
+
+The images of a seed are the ones the pyfunc's ``predict`` returns for that seed: the noise is
+drawn once for all ``n`` and then consumed in batches, so batching never changes a picture.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from acgan.checkpoint import atomic_dir, atomic_write_bytes, one_line
+from acgan.errors import AcganError, RegistryError
+from acgan.models.ensemble import ENSEMBLE_JSON, GENERATOR_FILE, Ensemble, read_manifest
+from acgan.models.sampling import grid_image, latents
+from acgan.tracking import png_bytes
+
+GRID_COLUMNS = 8
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+@dataclass(frozen=True)
+class GenerateResult:
+    out_dir: Path
+    counts: dict[str, int]  # class directory name -> images written
+    grid: Path | None
+    source: str  # what was loaded, e.g. "models:/acgan-synthetic@champion"
+
+
+@contextmanager
+def _tracking(uri: str | None) -> Iterator[None]:
+    """Point MLflow at ``uri`` while a model loads, then restore what was set before."""
+    import mlflow
+
+    before = mlflow.get_tracking_uri()
+    if uri:
+        mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(before)
+
+
+def _load_pyfunc(model: str, tracking_uri: str | None, device: str) -> Ensemble:
+    import mlflow.pyfunc
+    from mlflow.exceptions import MlflowException
+
+    from acgan.registry.pyfunc import EnsembleModel
+
+    where = tracking_uri or "the default tracking URI"
+    with _tracking(tracking_uri):
+        try:
+            loaded = mlflow.pyfunc.load_model(model, model_config={"device": device})
+        except AcganError:
+            raise  # a bad generator file, already named by split
+        except (MlflowException, OSError, ValueError) as exc:
+            raise RegistryError(
+                f"{model}: could not load from {where} ({one_line(exc)[:200]}); check the "
+                "model name / alias / version in the MLflow UI and tracking.uri"
+            ) from exc
+    inner = loaded.unwrap_python_model()
+    if not isinstance(inner, EnsembleModel):
+        raise RegistryError(
+            f"{model}: not an acgan ensemble ({type(inner).__name__}); "
+            "register one with `acgan register`"
+        )
+    return inner.ensemble
+
+
+def load_ensemble(model: str, *, tracking_uri: str | None = None, device: str = "auto") -> Ensemble:
+    """An :class:`Ensemble` from a model URI, a pyfunc directory or local training outputs."""
+    from acgan.registry.pyfunc import resolve_device
+
+    local = Path(model)
+    if "://" not in model and ":/" not in model:
+        if local.is_file() and local.suffix == ".json":
+            return Ensemble.load(read_manifest(local), resolve_device(device))
+        if local.is_dir() and (local / "MLmodel").is_file():
+            return _load_pyfunc(str(local), tracking_uri, device)
+        if local.is_dir() and (local / ENSEMBLE_JSON).is_file():
+            return Ensemble.load(read_manifest(local), resolve_device(device))
+        if local.is_dir() and (local / GENERATOR_FILE).is_file():
+            return Ensemble.load([local], resolve_device(device))
+        raise AcganError(
+            f"--model {model}: not a model URI (models:/NAME@champion, runs:/ID/ensemble) nor "
+            "a pyfunc directory, ensemble.json or split directory; pass one of those"
+        )
+    return _load_pyfunc(model, tracking_uri, device)
+
+
+def _dir_names(ens: Ensemble, classes: Sequence[int]) -> dict[int, str]:
+    """A file-system-safe, unique directory name per class (its class name when possible)."""
+    names: dict[int, str] = {}
+    for c in classes:
+        base = _UNSAFE.sub("_", ens.class_names[c]).strip("._") or f"class_{c}"
+        names[c] = base if base not in names.values() else f"{base}_{c}"
+    return names
+
+
+def _to_hwc(images: torch.Tensor) -> np.ndarray:
+    arr = images.permute(0, 2, 3, 1).numpy()
+    return arr[..., 0] if arr.shape[-1] == 1 else arr
+
+
+def generate_images(
+    model: str,
+    out_dir: Path,
+    *,
+    classes: Sequence[str | int] | None = None,
+    n: int = 64,
+    seed: int = 0,
+    grid: Path | None = None,
+    tracking_uri: str | None = None,
+    device: str = "auto",
+    batch_size: int = 256,
+    progress: bool = True,
+) -> GenerateResult:
+    """Write ``out_dir/<class name>/<index>.png`` (n per class) and optionally one grid PNG."""
+    if n < 1:
+        raise AcganError(f"--n {n}: ask for at least 1 image per class")
+    ens = load_ensemble(model, tracking_uri=tracking_uri, device=device)
+    wanted = list(dict.fromkeys(ens.resolve(c) for c in classes)) if classes else ens.classes
+    dirs = _dir_names(ens, wanted)
+    width = max(4, len(str(n - 1)))
+    z = latents(n, ens.latent_dim, seed, ens.device)  # one draw: batching never changes it
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    firsts: list[torch.Tensor] = []
+    counts: dict[str, int] = {}
+    bar = tqdm(total=n * len(wanted), desc="generate", unit="img", disable=not progress)
+    try:
+        for c in wanted:
+            # Each class directory is replaced whole: no stale files from a larger earlier n.
+            with atomic_dir(out_dir / dirs[c]) as tmp:
+                for start in range(0, n, batch_size):
+                    chunk = z[start : start + batch_size]
+                    imgs = ens.generate(c, len(chunk), z=chunk)
+                    if start == 0:
+                        firsts.append(imgs[:GRID_COLUMNS])
+                    for i, img in enumerate(_to_hwc(imgs), start):
+                        (tmp / f"{i:0{width}d}.png").write_bytes(png_bytes(img))
+                    bar.update(len(chunk))
+            counts[dirs[c]] = n
+    finally:
+        bar.close()
+    if grid is not None:
+        picture = grid_image(torch.cat(firsts), nrow=len(firsts[0]))
+        atomic_write_bytes(Path(grid), png_bytes(picture))
+    return GenerateResult(out_dir, counts, Path(grid) if grid else None, model)

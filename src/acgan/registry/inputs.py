@@ -1,0 +1,172 @@
+"""What registration reads: the ensemble manifest, the ingest manifest, and the optional
+monitor and evaluation reports. Missing optional reports degrade gracefully: without
+``gate.json`` the gate is "every split trained"; without ``metrics.json`` the figures are the
+training figures that exist.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from acgan.checkpoint import one_line
+from acgan.data.ingest import load_manifest
+from acgan.errors import AcganError
+from acgan.models.ensemble import ENSEMBLE_JSON, read_manifest
+
+MONITOR_JSON = "monitor.json"
+METRICS_JSON = "metrics.json"
+GATE_JSON = "gate.json"
+
+
+@dataclass
+class Inputs:
+    member_dirs: list[Path]
+    excluded: list[dict[str, Any]]
+    data_hash: str
+    dataset: str
+    health: dict[int, str]  # split id -> healthy | collapsed | ... | unknown
+    figures: dict[str, float]  # evaluation figures (or training figures without evaluation)
+    figures_source: str
+    gate_passed: bool
+    gate_reasons: list[str]
+    gate_source: str
+    train: dict[int, dict[str, Any]] = field(default_factory=dict)  # split id -> train.json
+
+
+def _read_json(path: Path, what: str, fix: str) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise AcganError(f"{path}: unreadable {what} ({one_line(exc)}); {fix}") from exc
+
+
+def _status(entry: Any) -> str | None:
+    """One split's health from a monitor entry, whatever shape the monitor chose."""
+    if not isinstance(entry, dict):
+        return str(entry) if entry is not None else None
+    if isinstance(entry.get("status"), str):
+        return entry["status"]
+    if isinstance(entry.get("healthy"), bool):
+        return "healthy" if entry["healthy"] else "collapsed"
+    collapsed = entry.get("collapsed")
+    if isinstance(collapsed, bool):
+        return "collapsed" if collapsed else "healthy"
+    if isinstance(collapsed, list):
+        return f"collapsed classes {collapsed}" if collapsed else "healthy"
+    return None
+
+
+def split_health(monitor: Any, manifest: dict[str, Any]) -> dict[int, str]:
+    """Per-split health: ``monitor.json`` when it says, else the ensemble manifest's status."""
+    health: dict[int, str] = {}
+    for entry in manifest.get("members", []):
+        if (s := _status(entry)) is not None:
+            health[int(entry["split_id"])] = s
+    for entry in manifest.get("excluded", []):
+        health[int(entry["split_id"])] = f"excluded: {entry.get('reason', 'no reason given')}"
+    splits = monitor.get("splits") if isinstance(monitor, dict) else None
+    items: list[tuple[Any, Any]] = []
+    if isinstance(splits, dict):
+        items = list(splits.items())
+    elif isinstance(splits, list):
+        items = [(e.get("split_id", e.get("id")), e) for e in splits if isinstance(e, dict)]
+    for sid, entry in items:
+        s = _status(entry)
+        if s is not None and sid is not None and str(sid).lstrip("-").isdigit():
+            health[int(sid)] = s
+    return health
+
+
+def numeric_figures(raw: Any) -> dict[str, float]:
+    """The top-level finite numbers of a metrics file (nested sections are per-class detail)."""
+    if not isinstance(raw, dict):
+        return {}
+    return {
+        k: float(v)
+        for k, v in raw.items()
+        if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(float(v))
+    }
+
+
+def read_inputs(
+    ensemble_manifest: Path,
+    ingested_dir: Path,
+    monitor_dir: Path | None = None,
+    eval_dir: Path | None = None,
+) -> Inputs:
+    path = Path(ensemble_manifest)
+    if path.is_dir():
+        path = path / ENSEMBLE_JSON
+    member_dirs = read_manifest(path)  # raises a one-line error on a bad manifest
+    manifest = _read_json(path, "ensemble manifest", "re-run `acgan monitor`")
+    ingest = load_manifest(ingested_dir)
+
+    monitor: Any = None
+    if monitor_dir is not None and (Path(monitor_dir) / MONITOR_JSON).is_file():
+        monitor = _read_json(
+            Path(monitor_dir) / MONITOR_JSON, "monitor report", "re-run `acgan monitor`"
+        )
+    health = split_health(monitor, manifest)
+
+    train: dict[int, dict[str, Any]] = {}
+    missing: list[str] = []
+    for d in member_dirs:
+        tj = d / "train.json"
+        if tj.is_file():
+            rec = _read_json(tj, "training summary", f"retrain the split in {d}")
+            train[int(rec.get("split_id", -1))] = rec
+        else:
+            missing.append(str(d))
+
+    figures: dict[str, float] = {}
+    figures_source = "training (no evaluation report)"
+    gate_source = "all splits trained (no gate.json)"
+    gate_passed, reasons = True, []
+    if eval_dir is not None and (Path(eval_dir) / METRICS_JSON).is_file():
+        figures = numeric_figures(
+            _read_json(Path(eval_dir) / METRICS_JSON, "evaluation metrics", "re-run evaluate")
+        )
+        figures_source = str(Path(eval_dir) / METRICS_JSON)
+    else:
+        # "the figures that exist": each training figure averaged over the splits
+        per_key: dict[str, list[float]] = {}
+        for rec in train.values():
+            for k, v in numeric_figures(rec.get("metrics")).items():
+                if k != "step":
+                    per_key.setdefault(f"train_{k}", []).append(v)
+        figures = {k: sum(v) / len(v) for k, v in per_key.items()}
+    if eval_dir is not None and (Path(eval_dir) / GATE_JSON).is_file():
+        gate = _read_json(Path(eval_dir) / GATE_JSON, "evaluation gate", "re-run evaluate")
+        if not isinstance(gate, dict) or not isinstance(gate.get("passed"), bool):
+            raise AcganError(
+                f"{Path(eval_dir) / GATE_JSON}: expected {{'passed': bool, 'reasons': [...]}}; "
+                "re-run `acgan evaluate`"
+            )
+        gate_passed = gate["passed"]
+        reasons = [str(r) for r in gate.get("reasons", [])]
+        gate_source = str(Path(eval_dir) / GATE_JSON)
+    else:
+        excluded = manifest.get("excluded", [])
+        if excluded:
+            gate_passed = False
+            reasons += [f"split {e.get('split_id')} excluded: {e.get('reason')}" for e in excluded]
+        if missing:
+            gate_passed = False
+            reasons += [f"{d}: no train.json (training did not finish)" for d in missing]
+    return Inputs(
+        member_dirs=member_dirs,
+        excluded=list(manifest.get("excluded", [])),
+        data_hash=ingest.content_hash,
+        dataset=ingest.source,
+        health=health,
+        figures=figures,
+        figures_source=figures_source,
+        gate_passed=gate_passed,
+        gate_reasons=reasons,
+        gate_source=gate_source,
+        train=train,
+    )

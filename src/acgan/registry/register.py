@@ -1,0 +1,219 @@
+"""The register stage: log the ensemble as a pyfunc model, register it, move the aliases.
+
+Order matters for "no half-registered version": the model's files are uploaded first (a
+failure there leaves no version at all), then the version is created *with* all its lineage
+tags in one call (so a version never lacks them), then the aliases move. A failure after the
+version exists deletes the version this call created. Every registry call is retried with
+exponential backoff (``registry.retries``, ``registry.retry_backoff_s``), then fails with one
+line. Registering the same trained ensemble again (same generator files, by SHA-256) reuses
+its version: no second version, the champion rule is simply applied again.
+
+The champion rule: ``@champion`` moves to the new version only when the gate passes *and* the
+version beats the current champion on ``registry.primary_metric`` (strictly: a tie keeps the
+old champion). The decision and both figures are recorded as tags of the new version.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from acgan.checkpoint import atomic_write_bytes, atomic_write_json, one_line
+from acgan.config import Config
+from acgan.errors import RegistryError
+from acgan.lineage import git_commit, open_pipeline_run
+from acgan.models.ensemble import Ensemble
+from acgan.registry import model_log
+from acgan.registry.inputs import Inputs, read_inputs
+from acgan.registry.model_log import CANDIDATE, CHAMPION, HASH_TAG, METRIC_TAG
+from acgan.registry.pyfunc import members_record
+from acgan.registry.rules import Retrier
+from acgan.tracking import STAGE_TAG, NullTracker, Run, Tracker, png_bytes
+
+REGISTRATION_JSON = "registration.json"
+SAMPLES_PNG = "samples.png"
+TAG_LIMIT = 5000  # MLflow's maximum tag value length
+
+
+@dataclass(frozen=True)
+class RegisterResult:
+    model_name: str
+    version: int | None  # None when registration is switched off
+    model_uri: str | None  # models:/NAME/VERSION
+    champion: bool  # this version holds @champion after the call
+    decision: str  # promoted | kept | skipped
+    reason: str
+    created: bool  # False: an earlier registration of the same ensemble was reused
+    run_id: str | None
+    out_file: Path
+
+
+def _tag(value: Any) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
+    return text if len(text) <= TAG_LIMIT else text[: TAG_LIMIT - 20] + " ... (truncated)"
+
+
+def ensemble_hash(members: list[dict[str, Any]]) -> str:
+    """Identity of a trained ensemble: its splits and the bytes of their generator files."""
+    blob = json.dumps(sorted((m["split_id"], m["sha256"]) for m in members)).encode()
+    return hashlib.sha256(blob).hexdigest()
+
+
+def version_tags(
+    cfg: Config, inp: Inputs, members: list[dict[str, Any]], digest: str, parent: Run
+) -> dict[str, str]:
+    steps = {sid: rec.get("step") for sid, rec in sorted(inp.train.items())}
+    tags = {
+        HASH_TAG: digest,
+        "acgan.data_hash": inp.data_hash,
+        "acgan.dataset": inp.dataset,
+        "acgan.git_commit": git_commit() or "unknown",
+        "acgan.pipeline_run_id": parent.run_id,
+        "acgan.split_plan": _tag({m["split_id"]: m["class_names"] for m in members}),
+        "acgan.split_health": _tag({sid: s for sid, s in sorted(inp.health.items())}),
+        "acgan.excluded_splits": _tag(inp.excluded),
+        "acgan.budget": (
+            f"{len(members)} splits x {cfg.train.steps} steps x {cfg.train.batch_size} "
+            f"images/step (trained steps per split: {json.dumps(steps)})"
+        ),
+        "acgan.gate": "passed" if inp.gate_passed else "failed",
+        "acgan.gate_reasons": _tag(inp.gate_reasons),
+        "acgan.gate_source": inp.gate_source,
+        "acgan.figures_source": inp.figures_source,
+        "acgan.primary_metric": cfg.registry.primary_metric,
+    }
+    tags.update({f"{METRIC_TAG}{k}": f"{v:.6g}" for k, v in sorted(inp.figures.items())})
+    return tags
+
+
+def description(cfg: Config, inp: Inputs, ens: Ensemble) -> str:
+    fig = inp.figures.get(cfg.registry.primary_metric)
+    fig_text = f"{fig:.4g}" if fig is not None else "n/a"
+    return (
+        f"AC-GAN ensemble: {len(ens.members)} split generators routing {len(ens.classes)} "
+        f"classes of '{inp.dataset}' at {ens.resolution}px x {ens.channels}ch. "
+        f"Data {inp.data_hash[:12]}; gate {'passed' if inp.gate_passed else 'failed'}; "
+        f"{cfg.registry.primary_metric} {fig_text}. "
+        "Input: DataFrame(class_label, n, seed); output: uint8 images (N,H,W,C) + labels. "
+        "CLI: acgan generate --model models:/NAME@champion --classes 0,1 --n 64 --out DIR"
+    )
+
+
+def _write(out_dir: Path, record: dict[str, Any], grid: Any) -> Path:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(out_dir / SAMPLES_PNG, png_bytes(grid))
+    atomic_write_json(out_dir / REGISTRATION_JSON, record)
+    return out_dir / REGISTRATION_JSON
+
+
+def register(
+    cfg: Config,
+    ensemble_manifest: Path,
+    ingested_dir: Path,
+    out_dir: Path,
+    tracker: Tracker,
+    *,
+    monitor_dir: Path | None = None,
+    eval_dir: Path | None = None,
+    parent_run_id: str | None = None,
+) -> RegisterResult:
+    """Register the ensemble of ``ensemble_manifest``; writes ``out_dir/registration.json``."""
+    out_dir = Path(out_dir)
+    name = cfg.model_name
+    inp = read_inputs(ensemble_manifest, ingested_dir, monitor_dir, eval_dir)
+    ens = Ensemble.load(inp.member_dirs)  # every generator file must load before anything else
+    members = members_record(ens.members)
+    digest = ensemble_hash(members)
+    grid = model_log.sample_grid(ens)
+    base = {
+        "model_name": name,
+        "ensemble_hash": digest,
+        "data_hash": inp.data_hash,
+        "figures": inp.figures,
+        "gate": {"passed": inp.gate_passed, "reasons": inp.gate_reasons, "source": inp.gate_source},
+        "split_health": inp.health,
+        "members": members,
+    }
+    off = (
+        "registry.enabled is false"
+        if not cfg.registry.enabled
+        else "tracking.enabled is false (the registry needs MLflow)"
+        if isinstance(tracker, NullTracker)
+        else None
+    )
+    if off is not None:
+        record = {**base, "registered": False, "decision": "skipped", "reason": off}
+        path = _write(out_dir, record, grid)
+        return RegisterResult(name, None, None, False, "skipped", off, False, None, path)
+    if "'" in name or "`" in name:
+        raise RegistryError(f"registry.model_name {name!r}: quotes are not allowed; rename it")
+
+    retry = Retrier(cfg.registry.retries, cfg.registry.retry_backoff_s, tracker.uri)
+    client = tracker.client
+    parent = open_pipeline_run(tracker, cfg, inp.data_hash, parent_run_id)
+    run = tracker.child_run(
+        parent, "register", {STAGE_TAG: "register"}, params={"registry.model_name": name}
+    )
+    try:
+        mv, created = model_log.find_or_create_version(
+            retry,
+            client,
+            name,
+            digest,
+            lambda: model_log.log_ensemble(retry, tracker, run.run_id, ens, members, grid),
+            tags=version_tags(cfg, inp, members, digest, parent),
+            description=description(cfg, inp, ens),
+            run_id=run.run_id,
+        )
+    except BaseException:
+        run.end("FAILED")
+        raise
+    version = int(mv.version)
+    try:
+        # A new version gets @candidate; so does an old one that a killed run left unaliased.
+        if created or not list(getattr(mv, "aliases", []) or []):
+            retry(
+                f"set alias {CANDIDATE}",
+                lambda: client.set_registered_model_alias(name, CANDIDATE, version),
+            )
+        decision = model_log.apply_champion_rule(
+            retry, client, name, version, cfg.registry, inp.gate_passed, inp.gate_reasons
+        )
+    except BaseException as exc:
+        if created:  # leave no version behind that this call could not finish
+            model_log.delete_version(retry, client, name, version)
+        run.end("FAILED")
+        if isinstance(exc, RegistryError | KeyboardInterrupt):
+            raise
+        raise RegistryError(
+            f"registering {name} v{version} failed ({one_line(exc)}); "
+            "the version was removed, re-run `acgan register`"
+        ) from exc
+    champion = decision.champion
+    result = RegisterResult(
+        name,
+        version,
+        f"models:/{name}/{version}",
+        champion,
+        "promoted" if decision.promote else "kept",
+        decision.reason,
+        created,
+        run.run_id,
+        out_dir / REGISTRATION_JSON,
+    )
+    record = {
+        **base,
+        **asdict(result),
+        "registered": True,
+        "aliases": [CANDIDATE, *([CHAMPION] if champion else [])],
+        "tracking_uri": tracker.uri,
+        "pipeline_run_id": parent.run_id,
+    }
+    path = _write(out_dir, record, grid)
+    run.log_dict(json.loads(path.read_text()), f"register/{REGISTRATION_JSON}")
+    run.set_tags({"acgan.model_version": version, "acgan.decision": result.decision})
+    run.end("FINISHED")
+    return result

@@ -1,0 +1,173 @@
+"""Real services for the tests, on free loopback ports, started and stopped by the tests.
+
+- :func:`moto_s3`: an S3 endpoint (``moto`` in server mode, ``ThreadedMotoServer``) with one
+  bucket, reached through boto3, the MLflow server and DVC alike.
+- :func:`mlflow_server`: an ``mlflow server`` subprocess with a sqlite backend store and
+  ``--artifacts-destination s3://BUCKET/mlflow`` on that endpoint. Clients talk only to the
+  server (it proxies artifacts), so they need no S3 credentials; the server gets them from
+  :func:`s3_env`.
+
+Both are context managers so any test module (or a ``conftest.py``) can wrap them in fixtures
+of the scope it wants; start each once per module or session, the MLflow server needs ~10 s.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+LOOPBACK = "127.0.0.1"
+# moto accepts any credentials; real-looking dummy values keep botocore from looking elsewhere
+# (~/.aws, instance metadata), which would be slow and could pick up a developer's real keys.
+DUMMY_AWS = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_SESSION_TOKEN": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+    "AWS_EC2_METADATA_DISABLED": "true",
+}
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((LOOPBACK, 0))
+        return int(s.getsockname()[1])
+
+
+def wait_http(url: str, timeout: float, proc: subprocess.Popen[Any] | None = None) -> None:
+    """Poll ``url`` until it answers 200; fail early if ``proc`` died."""
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{url}: server process exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except (OSError, urllib.error.URLError) as exc:
+            last = exc
+        time.sleep(0.25)
+    raise TimeoutError(f"{url}: no answer within {timeout:.0f} s ({last})")
+
+
+@dataclass(frozen=True)
+class S3Endpoint:
+    url: str  # http://127.0.0.1:PORT
+    bucket: str
+
+    def client(self) -> Any:
+        import boto3
+
+        return boto3.client(
+            "s3",
+            endpoint_url=self.url,
+            region_name=DUMMY_AWS["AWS_DEFAULT_REGION"],
+            aws_access_key_id=DUMMY_AWS["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=DUMMY_AWS["AWS_SECRET_ACCESS_KEY"],
+        )
+
+    def keys(self, prefix: str = "") -> list[str]:
+        pages = (
+            self.client()
+            .get_paginator("list_objects_v2")
+            .paginate(Bucket=self.bucket, Prefix=prefix)
+        )
+        return [o["Key"] for page in pages for o in page.get("Contents", [])]
+
+
+def s3_env(s3: S3Endpoint) -> dict[str, str]:
+    """What a process needs to reach the endpoint: dummy credentials + the endpoint URL."""
+    return {**DUMMY_AWS, "MLFLOW_S3_ENDPOINT_URL": s3.url, "AWS_ENDPOINT_URL": s3.url}
+
+
+@contextlib.contextmanager
+def moto_s3(bucket: str = "acgan") -> Iterator[S3Endpoint]:
+    """An S3 endpoint on a free loopback port with ``bucket`` created; stopped on exit."""
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address=LOOPBACK, port=port, verbose=False)
+    server.start()
+    try:
+        s3 = S3Endpoint(f"http://{LOOPBACK}:{port}", bucket)
+        s3.client().create_bucket(Bucket=bucket)
+        yield s3
+    finally:
+        server.stop()
+
+
+@dataclass(frozen=True)
+class MlflowServer:
+    url: str  # the tracking URI clients use
+    s3: S3Endpoint
+    artifacts: str  # s3://bucket/prefix the server stores artifacts under
+    log: Path  # the server's stdout + stderr
+
+
+def _stop(proc: subprocess.Popen[Any], grace: float = 10.0) -> None:
+    """Stop the server and its workers: it leads its own process group (start_new_session)."""
+    if proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(grace)
+
+
+@contextlib.contextmanager
+def mlflow_server(
+    workdir: Path, s3: S3Endpoint, prefix: str = "mlflow", timeout: float = 90.0
+) -> Iterator[MlflowServer]:
+    """``mlflow server`` (sqlite store in ``workdir``, artifacts in S3) on a free port."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    artifacts = f"s3://{s3.bucket}/{prefix}"
+    mlflow_bin = Path(sys.executable).with_name("mlflow")
+    cmd = [
+        str(mlflow_bin),
+        "server",
+        "--backend-store-uri",
+        f"sqlite:///{workdir / 'mlflow.db'}",
+        "--artifacts-destination",
+        artifacts,
+        "--host",
+        LOOPBACK,
+        "--port",
+        str(port),
+        "--workers",
+        "1",  # 2 cores shared with the test process: one worker is plenty
+    ]
+    env = {**os.environ, **s3_env(s3)}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    log_path = workdir / "server.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            cmd, cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    url = f"http://{LOOPBACK}:{port}"
+    try:
+        try:
+            wait_http(f"{url}/health", timeout, proc)
+        except (RuntimeError, TimeoutError) as exc:
+            tail = log_path.read_text(errors="replace")[-3000:]
+            raise RuntimeError(f"mlflow server did not start: {exc}\n{tail}") from exc
+        yield MlflowServer(url, s3, artifacts, log_path)
+    finally:
+        _stop(proc)
