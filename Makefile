@@ -5,7 +5,8 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 # Images for Kubeflow (see docker/ and components/images.py).
 REGISTRY ?= ghcr.io/acgan-pipeline
-TAG      ?= 0.1.0
+VERSION  := $(shell sed -n 's/^version = "\(.*\)"$$/\1/p' pyproject.toml)
+TAG      ?= $(VERSION)
 
 export PATH := $(abspath $(BIN)):$(PATH)
 
@@ -36,6 +37,16 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+
+# Build and push both images (`make images REGISTRY=my.registry/me TAG=dev`); the components
+# default to $(REGISTRY)/acgan-{trainer,step}:$(TAG) as set in components/images.py.
+images:
+	docker build -f docker/Dockerfile.cuda --build-arg ACGAN_VERSION=$(VERSION) \
+		-t $(REGISTRY)/acgan-trainer:$(TAG) .
+	docker build -f docker/Dockerfile --build-arg ACGAN_VERSION=$(VERSION) \
+		-t $(REGISTRY)/acgan-step:$(TAG) .
+	docker push $(REGISTRY)/acgan-trainer:$(TAG)
+	docker push $(REGISTRY)/acgan-step:$(TAG)
 
 lock:
 	# regenerate the constraints from a clean resolution (slow: minutes of backtracking)

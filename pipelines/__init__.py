@@ -1,0 +1,1 @@
+"""The Kubeflow pipeline (``acgan.py``), its local runner and cluster submission."""
