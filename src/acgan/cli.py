@@ -222,6 +222,71 @@ def train(
 # --- monitor commands (collapse monitor issue) ---
 
 
+@cli.command()
+@with_config
+@click.option(
+    "--splits",
+    default="data/splits",
+    type=click.Path(file_okay=False),
+    help="Output of `acgan split` (the real-image MS-SSIM references).",
+)
+@click.option(
+    "--models",
+    default="models",
+    type=click.Path(file_okay=False),
+    help="Root of the training outputs (models/split_<ID>).",
+)
+@click.option(
+    "--out",
+    default="reports/monitor",
+    type=click.Path(file_okay=False),
+    help="Directory for monitor.json, ensemble.json, plots/ and report.html.",
+)
+@click.option(
+    "--checkpoints",
+    default="checkpoints",
+    type=click.Path(file_okay=False),
+    help="Checkpoint root used when a collapsed split is retrained.",
+)
+@click.option("--parent-run-id", default=None, help="MLflow parent run (KFP passes it).")
+def monitor(
+    cfg: config_mod.Config,
+    splits: str,
+    models: str,
+    out: str,
+    checkpoints: str,
+    parent_run_id: str | None,
+) -> None:
+    """Judge every split for mode collapse; write the report and the ensemble manifest.
+
+    \b
+    Examples:
+      acgan monitor
+      acgan monitor --set monitor.retrain_collapsed=true   # retrain collapsed splits once
+      acgan monitor --set monitor.threshold=0.3            # explicit MS-SSIM threshold
+    """
+    from acgan.monitor import run_monitor
+
+    res = run_monitor(
+        cfg,
+        Path(splits),
+        Path(models),
+        Path(out),
+        make_tracker(cfg),
+        parent_run_id=parent_run_id,
+        checkpoint_root=Path(checkpoints),
+    )
+    for sid, rec in res.splits.items():
+        bad = ", ".join(rec["collapsed_classes"])
+        click.echo(f"split {sid}: {rec['status']}" + (f" (collapsed: {bad})" if bad else ""))
+    for e in res.excluded:
+        click.echo(f"excluded split {e['split_id']}: {e['reason']}")
+    click.echo(
+        f"threshold {res.threshold:.3f}; ensemble of {len(res.members)} split(s) -> "
+        f"{res.manifest}; report {res.out_dir / 'report.html'} [MLflow run {res.run_id}]"
+    )
+
+
 # --- evaluation commands (judge, evaluate) ---
 
 

@@ -21,8 +21,23 @@ def train_split_with_monitor(
     tracker: Any = None,
     **kwargs: Any,
 ) -> TrainResult:
-    """Train a split with the collapse monitor attached as configured (``monitor.*``)."""
-    return train_split(cfg, split_id, splits_dir, out_dir, checkpoint_root, tracker, **kwargs)
+    """Train a split with the collapse monitor attached as configured (``monitor.*``).
+
+    With ``monitor.enabled`` a :class:`acgan.monitor.hook.CollapseMonitor` (threshold from the
+    split plan's real-image references) runs after any ``hooks`` the caller passes; the other
+    keyword arguments (``parent_run_id``, ``attempt``, ``progress``) go to :func:`train_split`.
+    """
+    hooks = list(kwargs.pop("hooks", ()))
+    if cfg.monitor.enabled:
+        # Imported here: acgan.monitor's stage drives this trainer when it retrains a split.
+        from acgan.data.splits import load_plan
+        from acgan.monitor.hook import CollapseMonitor
+
+        plan = load_plan(splits_dir)
+        hooks.append(CollapseMonitor.from_config(cfg, plan.reference_max))
+    return train_split(
+        cfg, split_id, splits_dir, out_dir, checkpoint_root, tracker, hooks=hooks, **kwargs
+    )
 
 
 def train_splits(

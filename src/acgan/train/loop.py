@@ -239,7 +239,9 @@ def train_split(
     ctx = LoopContext(cfg, state, data, ckpt_dir, run, meta, events=state.extra.get("events", []))
     t_cfg = cfg.train
     acc = torch.zeros(len(METRIC_NAMES), device=device)
-    count, stopped, status = 0, False, "FAILED"
+    # A hook that ended training (the collapse monitor's "stop") marks the state, so that
+    # re-running the same training reproduces its output instead of training past the stop.
+    count, stopped, status = 0, bool(state.extra.get("stopped")), "FAILED"
     bar = tqdm(
         total=t_cfg.steps,
         initial=state.step,
@@ -251,7 +253,7 @@ def train_split(
     t0, step0 = time.perf_counter(), state.step
     try:
         with _graceful_sigterm() as sig:
-            while state.step < t_cfg.steps:
+            while not stopped and state.step < t_cfg.steps:
                 acc += train_step(state, data, t_cfg.batch_size, t_cfg.amp)
                 count += 1
                 state.step += 1
@@ -312,7 +314,10 @@ def train_split(
         checkpoint.save(generator_record(state, meta), tmp / "generator.pt")
         record = stage_record(cfg, "train", plan.data_hash, split_id=split_id, seed=seed)
         atomic_write_json(tmp / "config.json", record)
-        atomic_write_json(tmp / "history.json", {"history": history, "events": ctx.events})
+        atomic_write_json(
+            tmp / "history.json",
+            {"history": history, "events": ctx.events, "monitor": state.extra.get("monitor")},
+        )
         atomic_write_json(tmp / "train.json", summary)
         (tmp / "samples.png").write_bytes(png_bytes(grid))
     run.log_metrics({f"final_{k}": v for k, v in final.items() if k != "step"}, step=state.step)

@@ -1,0 +1,135 @@
+"""The collapse detector: the measurement (per-class MS-SSIM of samples) and the rule.
+
+**Measurement.** For each class of a split, ``2 * pairs`` samples are generated from *fixed*
+latent codes (the same codes at every check of a run, and again in the monitor stage), and the
+mean MS-SSIM of the ``pairs`` disjoint pairs ``(z_i, z_{pairs+i})`` is the class's figure. Fixed
+codes make consecutive checks differ only by the weights, not by the draw. The protocol is
+:func:`acgan.metrics.msssim.msssim_pairs` (3 scales, kernel 7 at 32 px), the one the split
+stage used for the real-image reference, so the two numbers are comparable.
+
+**Rule.** The threshold is ``monitor.threshold`` or, by default, the largest real-class
+reference of the dataset plus ``monitor.margin``. A class *collapses* when its figure is above
+the threshold for ``monitor.patience`` consecutive checks **after it has once been at or below
+it**. An untrained generator scores about 0.98 (it maps every code to nearly the same blob), so
+without that arming condition every run would "collapse" at its second check; mode collapse is
+a class that *was* diverse losing its diversity, which is what the paper's monitor watches. A
+class that has never reached the threshold is reported as ``not_diverse`` (under-trained, or
+collapsed from the start); the evaluation's diversity figure judges it.
+
+Class states: ``healthy`` (at or below the threshold), ``not_diverse`` (above, never armed),
+``collapsing`` (above, armed, fewer than ``patience`` checks in a row), ``collapsed``.
+The rule's state is a plain dict (ints, bools, strings), so it travels in checkpoints.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from acgan.config import MonitorConfig
+from acgan.metrics.msssim import msssim_pairs
+from acgan.models.acgan import Generator
+from acgan.models.sampling import latents
+
+HEALTHY, NOT_DIVERSE, COLLAPSING, COLLAPSED = "healthy", "not_diverse", "collapsing", "collapsed"
+_Z_SEED = 20_170_901  # fixed latent codes of the monitor (offset by the split id)
+
+
+def monitor_seed(split_id: int) -> int:
+    """Seed of a split's fixed latent codes: the same for every check, rollback and retrain,
+    so that every figure of a split is measured on the same codes."""
+    return _Z_SEED + int(split_id)
+
+
+def threshold_for(cfg: MonitorConfig, reference_max: float) -> float:
+    """``monitor.threshold`` when set, else the dataset's largest real-class MS-SSIM + margin."""
+    return float(cfg.threshold) if cfg.threshold is not None else reference_max + cfg.margin
+
+
+def metric_key(name: str) -> str:
+    """A class name as an MLflow metric name component (letters, digits, ``_-. ``)."""
+    return re.sub(r"[^A-Za-z0-9_.\- ]", "_", name) or "_"
+
+
+@torch.no_grad()
+def sample_msssim(G: Generator, pairs: int, seed: int) -> list[float]:
+    """Mean MS-SSIM of ``pairs`` sample pairs per class (split-local order) of ``G``.
+
+    G runs in eval mode (BatchNorm uses running statistics, as when the ensemble samples) on
+    its own device; the figures come back to the host once, at the end.
+    """
+    if pairs < 2:
+        raise ValueError(f"monitor.pairs: need at least 2 pairs per class, got {pairs}")
+    device = next(G.parameters()).device
+    z = latents(2 * pairs, G.latent_dim, seed, device)
+    was_training = G.training
+    G.eval()
+    try:
+        figures = []
+        # One class per forward pass: bounded memory at 128 px, and a class's pairs are
+        # exactly its own samples.
+        for c in range(G.num_classes):
+            y = torch.full((2 * pairs,), c, dtype=torch.long, device=device)
+            x = G(z, y).float()
+            figures.append(msssim_pairs(x[:pairs], x[pairs:]).mean())
+        return [float(v) for v in torch.stack(figures).tolist()]
+    finally:
+        G.train(was_training)
+
+
+def new_class_state() -> dict[str, Any]:
+    return {"armed": False, "streak": 0, "status": NOT_DIVERSE}
+
+
+@dataclass(frozen=True)
+class Check:
+    """One class at one check: its figure, the state after it, and whether it just collapsed."""
+
+    name: str
+    value: float
+    status: str
+    streak: int
+    newly_collapsed: bool
+
+
+def apply_rule(
+    states: dict[str, dict[str, Any]],
+    values: Mapping[str, float],
+    threshold: float,
+    patience: int,
+) -> list[Check]:
+    """Advance each class's state (updated in place) by one check; see the module docstring."""
+    out = []
+    for name, value in values.items():
+        st = states.setdefault(name, new_class_state())
+        newly = False
+        if value <= threshold:
+            st.update(armed=True, streak=0, status=HEALTHY)
+        elif not st["armed"]:
+            st.update(streak=0, status=NOT_DIVERSE)
+        else:
+            st["streak"] = int(st["streak"]) + 1
+            collapsed = st["streak"] >= patience
+            newly = collapsed and st["status"] != COLLAPSED
+            st["status"] = COLLAPSED if collapsed else COLLAPSING
+        out.append(Check(name, float(value), st["status"], int(st["streak"]), newly))
+    return out
+
+
+def replay(
+    curve: Sequence[Mapping[str, float]], threshold: float, patience: int
+) -> dict[str, dict[str, Any]]:
+    """The class states after a sequence of checks (each ``{class name: figure}``)."""
+    states: dict[str, dict[str, Any]] = {}
+    for values in curve:
+        apply_rule(states, values, threshold, patience)
+    return states
+
+
+def is_healthy(states: Mapping[str, Mapping[str, Any]]) -> bool:
+    """No class is collapsing or collapsed: a checkpoint here is a safe place to return to."""
+    return all(int(st["streak"]) == 0 for st in states.values())

@@ -1,0 +1,146 @@
+"""Pictures of the monitor stage: MS-SSIM vs step per split, and a self-contained HTML report.
+
+The plot draws each class's curve (checks abandoned by a rollback or after a stop dotted and
+faded), the threshold as a red dashed line, each class's real-image reference as a thin dotted
+line, the final measurement of the delivered weights as a star, and collapse events as crosses.
+The HTML report embeds the plots as base64 PNGs so it can be opened anywhere (the KFP HTML
+artifact, an MLflow artifact view, a mail attachment).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from acgan.checkpoint import atomic_write_bytes
+
+
+def plot_split(rec: Mapping[str, Any], threshold: float, path: Path) -> Path:
+    """PNG of one split's MS-SSIM curves (a ``monitor.json`` split record plus its curve)."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display in a pod or a CI runner
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.2), dpi=100)
+    colors = plt.get_cmap("tab10")
+    curve = rec.get("curve") or []
+    for i, (name, cls) in enumerate(rec["classes"].items()):
+        color = colors(i % 10)
+        kept = [(e["step"], e["values"][name]) for e in curve if not e.get("discarded")]
+        gone = [(e["step"], e["values"][name]) for e in curve if e.get("discarded")]
+        if kept:
+            ax.plot(*zip(*kept, strict=True), marker="o", ms=3, color=color, label=name)
+        if gone:
+            ax.plot(*zip(*gone, strict=True), ls=":", marker=".", color=color, alpha=0.5)
+        ax.plot(
+            [rec["step"]],
+            [cls["final_msssim"]],
+            marker="*",
+            ms=11,
+            color=color,
+            label=None if kept else name,
+        )
+        if cls.get("reference") is not None:
+            ax.axhline(cls["reference"], color=color, lw=0.6, ls=(0, (1, 3)))
+    for e in rec.get("events", []):
+        ax.plot([e["step"]], [e["value"]], marker="x", ms=9, mew=2, color="black")
+    ax.axhline(threshold, color="red", ls="--", lw=1.2, label=f"threshold {threshold:.3f}")
+    ax.set_xlabel("training step")
+    ax.set_ylabel("mean pairwise MS-SSIM of samples")
+    ax.set_ylim(0.0, 1.02)
+    title = f"split {rec['split_id']}: {rec['status']}"
+    if rec.get("rollbacks"):
+        title += f" ({rec['rollbacks']} rollback{'s' if rec['rollbacks'] != 1 else ''})"
+    ax.set_title(title + "   (x: collapse event, *: delivered weights)", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+    return path
+
+
+def _esc(value: Any) -> str:
+    return html.escape(str(value))
+
+
+def _split_section(sid: str, rec: Mapping[str, Any]) -> str:
+    rows = "".join(
+        f"<tr class='{_esc(c['status'])}'><td>{_esc(name)}</td><td>{c['final_msssim']:.4f}</td>"
+        f"<td>{'' if c['reference'] is None else format(c['reference'], '.4f')}</td>"
+        f"<td>{c['threshold']:.4f}</td><td>{_esc(c['status'])}</td></tr>"
+        for name, c in rec["classes"].items()
+    )
+    events = "".join(
+        f"<li>step {e['step']}: {_esc(e['class'])} MS-SSIM {e['value']:.3f} &gt; "
+        f"{e['threshold']:.3f} &rarr; {_esc(e['action'])}"
+        + (f" (restored step {e['restored_step']})" if e.get("restored_step") is not None else "")
+        + (f" [{_esc(e['reason'])}]" if e.get("reason") else "")
+        + "</li>"
+        for e in rec.get("events", [])
+    )
+    extra = ""
+    if rec.get("excluded"):
+        extra += f"<p class='bad'>Excluded from the ensemble: {_esc(rec['excluded'])}</p>"
+    if rec.get("retrained"):
+        r = rec["retrained"]
+        extra += (
+            f"<p>Retrained once with a new seed &rarr; <code>{_esc(r['model_dir'])}</code>: "
+            f"{_esc(r['status'])}</p>"
+        )
+    return (
+        f"<h2>Split {_esc(sid)}: {_esc(rec['status'])}</h2>"
+        f"<p><code>{_esc(rec['model_dir'])}</code>, step {rec['step']}"
+        f"{', stopped early' if rec.get('stopped_early') else ''}, "
+        f"{rec.get('rollbacks', 0)} rollback(s)"
+        f"{'' if rec.get('monitored') else ', no in-training curve (monitor was off)'}</p>"
+        f"<table><tr><th>class</th><th>final MS-SSIM</th><th>real reference</th>"
+        f"<th>threshold</th><th>status</th></tr>{rows}</table>"
+        + (f"<h3>Events</h3><ul>{events}</ul>" if events else "")
+        + extra
+    )
+
+
+def write_html(summary: Mapping[str, Any], plots: Mapping[str, Path], path: Path) -> Path:
+    """The stage's report: settings, per-split tables and events, the plots inline."""
+    images = "".join(
+        f"<figure><img alt='{_esc(label)}' src='data:image/png;base64,"
+        f"{base64.b64encode(p.read_bytes()).decode()}'/><figcaption>{_esc(label)}"
+        "</figcaption></figure>"
+        for label, p in plots.items()
+    )
+    sections = "".join(_split_section(sid, rec) for sid, rec in summary["splits"].items())
+    members = ", ".join(str(m["split_id"]) for m in summary["members"]) or "none"
+    doc = f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>acgan collapse monitor</title>
+<style>
+body {{ font-family: sans-serif; margin: 2em; max-width: 70em; }}
+table {{ border-collapse: collapse; margin: 0.5em 0; }}
+td, th {{ border: 1px solid #ccc; padding: 0.2em 0.6em; text-align: right; }}
+td:first-child, th:first-child {{ text-align: left; }}
+tr.collapsed td {{ background: #fdd; }} tr.collapsing td {{ background: #ffe9c7; }}
+tr.not_diverse td {{ background: #eee; }} .bad {{ color: #a00; font-weight: bold; }}
+figure {{ display: inline-block; margin: 0.5em; }} img {{ max-width: 100%; }}
+</style></head><body>
+<h1>Collapse monitor</h1>
+<p>Mean pairwise MS-SSIM of samples from fixed latent codes ({_esc(summary["measure_protocol"])},
+{summary["pairs"]} pairs per class), against the threshold {summary["threshold"]:.4f}
+({_esc(summary["threshold_rule"])}); a class collapses when it is above the threshold for
+{summary["patience"]} consecutive checks after having been at or below it. In-training action:
+<b>{_esc(summary["action"])}</b>; retrain collapsed splits: {summary["retrain_collapsed"]}.</p>
+<p>Ensemble members: <b>{_esc(members)}</b>; excluded: {len(summary["excluded"])}.</p>
+{sections}
+<h2>Plots</h2>
+{images}
+</body></html>
+"""
+    atomic_write_bytes(path, doc.encode())
+    return path

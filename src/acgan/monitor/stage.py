@@ -1,0 +1,344 @@
+"""The monitor stage (``acgan monitor``): judge every split's output and choose the ensemble.
+
+For each split it reads the training output (``train.json``, ``history.json`` with the
+in-training curve) and measures the delivered ``generator.pt`` once more on the same fixed
+latent codes. The collapse rule (:mod:`acgan.monitor.detector`) is replayed over the checks in
+the history of the delivered weights (checks abandoned by a rollback, or after a stop, are left
+out) followed by that final measurement, so the verdict is about what the split hands on.
+
+A collapsed split is retrained once with a new seed (``monitor.retrain_collapsed``, attempt 1
+of :func:`acgan.train.train_split_with_monitor`, into ``out_dir/retrained/split_<id>``) or
+excluded from the ensemble with the reason. Outputs, written atomically into ``out_dir``:
+``monitor.json``, ``plots/split_<id>.png``, ``report.html``, ``ensemble.json`` (the manifest
+evaluation and registration read) and ``config.json``; all of it is logged to the MLflow child
+run ``monitor`` of the pipeline run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from acgan.checkpoint import atomic_dir, atomic_write_json, one_line
+from acgan.config import Config
+from acgan.data.splits import SplitPlan, load_plan
+from acgan.errors import DataError
+from acgan.lineage import open_pipeline_run, write_stage_config
+from acgan.metrics.msssim import protocol
+from acgan.models.ensemble import find_split_dirs, load_member, write_manifest
+from acgan.monitor import report
+from acgan.monitor.detector import (
+    COLLAPSED,
+    metric_key,
+    monitor_seed,
+    replay,
+    sample_msssim,
+    threshold_for,
+)
+from acgan.tracking import STAGE_TAG, NullTracker, Tracker
+
+log = logging.getLogger(__name__)
+
+MONITOR_JSON = "monitor.json"
+REPORT_HTML = "report.html"
+
+
+@dataclass
+class MonitorResult:
+    out_dir: Path
+    manifest: Path  # out_dir/ensemble.json
+    threshold: float
+    splits: dict[int, dict[str, Any]]  # per split: status, classes, events (as in monitor.json)
+    members: list[dict[str, Any]] = field(default_factory=list)
+    excluded: list[dict[str, Any]] = field(default_factory=list)
+    run_id: str = ""
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        obj = json.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise DataError(
+            f"{path}: missing from the split's training output; re-run `acgan train` for it"
+        ) from exc
+    except (OSError, ValueError) as exc:
+        raise DataError(
+            f"{path}: unreadable ({one_line(exc)}); re-run `acgan train` for this split"
+        ) from exc
+    if not isinstance(obj, dict):
+        raise DataError(f"{path}: expected a JSON object; re-run `acgan train` for this split")
+    return obj
+
+
+def assess_split(
+    cfg: Config, plan: SplitPlan, split_id: int, model_dir: Path, threshold: float
+) -> dict[str, Any]:
+    """The verdict on one split's training output (a ``monitor.json`` split record)."""
+    spec = plan.split(split_id)
+    train = _read_json(model_dir / "train.json")
+    history = _read_json(model_dir / "history.json")
+    record = (model_dir / "config.json").is_file() and _read_json(model_dir / "config.json")
+    if record and record.get("data_hash") not in (None, plan.data_hash):
+        raise DataError(
+            f"{model_dir}: trained on data {str(record['data_hash'])[:12]}, but "
+            f"{plan.root}/splits.json is data {plan.data_hash[:12]}; retrain split {split_id}"
+        )
+    member = load_member(model_dir)
+    if member.classes != list(spec.classes):
+        raise DataError(
+            f"{model_dir}: generator has classes {member.classes}, split {split_id} of "
+            f"{plan.root}/splits.json has {list(spec.classes)}; retrain split {split_id}"
+        )
+    names = list(spec.class_names)
+    final = dict(
+        zip(
+            names,
+            sample_msssim(member.G, cfg.monitor.pairs, monitor_seed(split_id)),
+            strict=True,
+        )
+    )
+    mon = history.get("monitor") or {}
+    curve = list(mon.get("curve") or [])
+    step = int(train.get("step", member.step))
+    # The checks in the history of the delivered weights, then the delivered weights themselves.
+    lineage = [e["values"] for e in curve if not e.get("discarded") and int(e["step"]) < step]
+    states = replay([*lineage, final], threshold, cfg.monitor.patience)
+    classes = {
+        name: {
+            "class": c,
+            "final_msssim": round(final[name], 6),
+            "reference": plan.reference_msssim.get(c),
+            "threshold": round(threshold, 6),
+            "status": states[name]["status"],
+            "collapsed": states[name]["status"] == COLLAPSED,
+        }
+        for c, name in zip(spec.classes, names, strict=True)
+    }
+    collapsed = [n for n, r in classes.items() if r["collapsed"]]
+    stopped = bool(train.get("stopped_early"))
+    return {
+        "split_id": split_id,
+        "model_dir": str(model_dir),
+        "step": step,
+        "stopped_early": stopped,
+        "rollbacks": int(mon.get("rollbacks", 0)),
+        "monitored": bool(curve),
+        "status": COLLAPSED if collapsed else ("stopped_early" if stopped else "healthy"),
+        "collapsed_classes": collapsed,
+        "classes": classes,
+        "events": [e for e in history.get("events", []) if e.get("source") == "monitor"],
+        "curve": curve,
+    }
+
+
+def _reason(rec: Mapping[str, Any], threshold: float, patience: int) -> str:
+    worst = ", ".join(
+        f"{n} {rec['classes'][n]['final_msssim']:.3f}" for n in rec["collapsed_classes"]
+    )
+    return f"collapsed: MS-SSIM above {threshold:.3f} for {patience} consecutive checks ({worst})"
+
+
+def run_monitor(
+    cfg: Config,
+    splits_dir: Path,
+    models_root: Path,
+    out_dir: Path,
+    tracker: Tracker | None = None,
+    *,
+    parent_run_id: str | None = None,
+    checkpoint_root: Path = Path("checkpoints"),
+    progress: bool = True,
+) -> MonitorResult:
+    """Assess every split of ``cfg.split.ids`` under ``models_root``; write ``out_dir``."""
+    tracker = tracker or NullTracker()
+    splits_dir, models_root, out_dir = Path(splits_dir), Path(models_root), Path(out_dir)
+    plan = load_plan(splits_dir)
+    threshold = threshold_for(cfg.monitor, plan.reference_max)
+    dirs = find_split_dirs(models_root, cfg.split.ids)
+    parent = open_pipeline_run(tracker, cfg, plan.data_hash, parent_run_id)
+    run = tracker.child_run(parent, "monitor", tags={STAGE_TAG: "monitor"}, params=cfg.flat())
+    status = "FAILED"
+    try:
+        with atomic_dir(out_dir) as tmp:
+            result = _assess_all(
+                cfg,
+                plan,
+                dict(zip(cfg.split.ids, dirs, strict=True)),
+                threshold,
+                tmp,
+                out_dir,
+                tracker=tracker,
+                parent_id=parent.run_id,
+                checkpoint_root=checkpoint_root,
+                progress=progress,
+            )
+        result.run_id = run.run_id
+        _log(run, result)
+        status = "FINISHED"
+    finally:
+        run.end(status)
+    return result
+
+
+def _assess_all(
+    cfg: Config,
+    plan: SplitPlan,
+    dirs: dict[int, Path],
+    threshold: float,
+    tmp: Path,
+    out_dir: Path,
+    *,
+    tracker: Tracker,
+    parent_id: str,
+    checkpoint_root: Path,
+    progress: bool,
+) -> MonitorResult:
+    """Everything but the MLflow run: assess, retrain or exclude, write the files into ``tmp``
+    (which becomes ``out_dir``)."""
+    m = cfg.monitor
+    splits: dict[int, dict[str, Any]] = {}
+    members, excluded = [], []
+    plots: dict[str, Path] = {}
+    for sid, model_dir in dirs.items():
+        rec = assess_split(cfg, plan, sid, model_dir, threshold)
+        plots[f"split {sid}"] = report.plot_split(
+            rec, threshold, tmp / "plots" / f"split_{sid}.png"
+        )
+        chosen = rec
+        if rec["status"] == COLLAPSED:
+            reason = _reason(rec, threshold, m.patience)
+            log.warning("split %d: %s", sid, reason)
+            if m.retrain_collapsed:
+                chosen = _retrain(
+                    cfg,
+                    plan,
+                    sid,
+                    threshold,
+                    tmp,
+                    out_dir,
+                    tracker,
+                    parent_id,
+                    checkpoint_root,
+                    progress,
+                )
+                rec["retrained"] = chosen
+                plots[f"split {sid} (retrained)"] = report.plot_split(
+                    chosen, threshold, tmp / "plots" / f"split_{sid}_retrained.png"
+                )
+                if chosen["status"] == COLLAPSED:
+                    reason = "retrained once with a new seed and " + _reason(
+                        chosen, threshold, m.patience
+                    )
+                    chosen = None
+            else:
+                chosen = None
+            if chosen is None:
+                rec["excluded"] = reason
+                excluded.append({"split_id": sid, "reason": reason, "model_dir": rec["model_dir"]})
+        if chosen is not None:
+            members.append(
+                {
+                    "split_id": sid,
+                    "model_dir": chosen["model_dir"],
+                    "status": "retrained" if chosen is not rec else rec["status"],
+                    "classes": [c["class"] for c in chosen["classes"].values()],
+                }
+            )
+        splits[sid] = rec
+
+    summary = {
+        "protocol": plan.protocol,
+        "measure_protocol": protocol(plan.resolution),
+        "threshold": round(threshold, 6),
+        "threshold_rule": (
+            "monitor.threshold"
+            if m.threshold is not None
+            else f"max real-class MS-SSIM {plan.reference_max:.4f} + margin {m.margin}"
+        ),
+        "patience": m.patience,
+        "pairs": m.pairs,
+        "action": m.action,
+        "retrain_collapsed": m.retrain_collapsed,
+        "splits": {str(k): _public(r) for k, r in splits.items()},
+        "members": members,
+        "excluded": excluded,
+    }
+    atomic_write_json(tmp / MONITOR_JSON, summary)
+    manifest = write_manifest(tmp / "ensemble.json", members, excluded)
+    report.write_html(summary, plots, tmp / REPORT_HTML)
+    write_stage_config(tmp, cfg, "monitor", plan.data_hash)
+    return MonitorResult(out_dir, out_dir / manifest.name, threshold, splits, members, excluded)
+
+
+def _public(rec: Mapping[str, Any]) -> dict[str, Any]:
+    """A split record for monitor.json: the curves stay in history.json and the plots."""
+    out = {k: v for k, v in rec.items() if k != "curve"}
+    if "retrained" in out:
+        out["retrained"] = _public(out["retrained"])
+    return out
+
+
+def _retrain(
+    cfg: Config,
+    plan: SplitPlan,
+    sid: int,
+    threshold: float,
+    tmp: Path,
+    out_dir: Path,
+    tracker: Tracker,
+    parent_id: str,
+    checkpoint_root: Path,
+    progress: bool,
+) -> dict[str, Any]:
+    """Train split ``sid`` again (attempt 1: a new seed) and assess the new output."""
+    from acgan.train import train_split_with_monitor  # the trainer imports this package
+
+    where = tmp / "retrained" / f"split_{sid}"
+    log.info("split %d collapsed: retraining once with a new seed -> %s", sid, where)
+    train_split_with_monitor(
+        cfg,
+        sid,
+        plan.root,
+        where,
+        checkpoint_root,
+        tracker,
+        parent_run_id=parent_id,
+        attempt=1,
+        progress=progress,
+    )
+    rec = assess_split(cfg, plan, sid, where, threshold)
+    rec["model_dir"] = str(out_dir / "retrained" / f"split_{sid}")
+    return rec
+
+
+def _log(run: Any, result: MonitorResult) -> None:
+    metrics: dict[str, float] = {"threshold": result.threshold}
+    for sid, rec in result.splits.items():
+        final = rec.get("retrained") or rec
+        for name, c in final["classes"].items():
+            metrics[f"final_msssim/split_{sid}/{metric_key(name)}"] = c["final_msssim"]
+        metrics[f"collapsed_classes/split_{sid}"] = len(rec["collapsed_classes"])
+    metrics.update(
+        splits_collapsed=sum(r["status"] == COLLAPSED for r in result.splits.values()),
+        splits_retrained=sum("retrained" in r for r in result.splits.values()),
+        splits_excluded=len(result.excluded),
+        ensemble_members=len(result.members),
+    )
+    run.log_metrics(metrics)
+    out = result.out_dir
+    run.log_artifact(out / "plots", "plots")
+    for name in (MONITOR_JSON, REPORT_HTML, "ensemble.json", "config.json"):
+        run.log_artifact(out / name)
+    run.set_tags(
+        {
+            "acgan.monitor.members": ",".join(str(m["split_id"]) for m in result.members),
+            "acgan.monitor.excluded": ",".join(str(e["split_id"]) for e in result.excluded),
+        }
+    )
+
+
+__all__ = ["MonitorResult", "assess_split", "run_monitor"]

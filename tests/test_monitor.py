@@ -1,0 +1,373 @@
+"""The collapse monitor: detector, in-training actions (stop, rollback), the monitor stage, CLI.
+
+Collapse is produced for real, not simulated: a step hook zeroes the generator's noise weights
+(in G and its EMA copy) from a given step on, so every sample of a class is the same image —
+per-class mode collapse — and the actual monitor, trainer and checkpoints react to it. The
+explicit threshold 0.999 sits between an untrained generator (about 0.97) and that collapse
+(1.0), so a few training steps suffice.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+from acgan import checkpoint
+from acgan.config import Config, replace
+from acgan.data.shards import read_images
+from acgan.data.splits import load_plan
+from acgan.errors import AcganError, DataError
+from acgan.models.acgan import Generator
+from acgan.models.ensemble import read_manifest
+from acgan.monitor import CollapseMonitor, run_monitor, sample_msssim, threshold_for
+from acgan.monitor.detector import COLLAPSED, HEALTHY, NOT_DIVERSE, apply_rule, monitor_seed
+from acgan.train import train_split, train_split_with_monitor
+
+# One check per step; the trainer's own checkpoints only at the end, so that the checkpoints
+# seen are the monitor's healthy ones.
+MON = (
+    "train.batch_size=8",
+    "train.log_every=1",
+    "train.sample_every=1000",
+    "train.checkpoint_every=1000",
+    "monitor.every=1",
+    "monitor.pairs=4",
+    "monitor.threshold=0.999",
+)
+
+
+class CollapseInjector:
+    """From step ``start`` on (while the monitor has rolled back ``branch`` times, if given),
+    make G and its EMA copy ignore the noise: one image per class."""
+
+    every = 1
+
+    def __init__(self, start: int, branch: int | None = None) -> None:
+        self.start, self.branch = start, branch
+
+    def __call__(self, ctx: Any) -> None:
+        rollbacks = ctx.state.extra.get("monitor", {}).get("rollbacks", 0)
+        if ctx.state.step < self.start or self.branch not in (None, rollbacks):
+            return
+        with torch.no_grad():
+            for G in (ctx.state.G, ctx.state.sampler):
+                G.fc.weight[:, G.num_classes :] = 0.0
+
+
+class Spy:
+    """Records (step, monitor events so far, copies of G, D and EMA G) at every call."""
+
+    every = 1
+
+    def __init__(self) -> None:
+        self.records: list[tuple[int, int, dict[str, dict[str, torch.Tensor]]]] = []
+
+    def __call__(self, ctx: Any) -> None:
+        s = ctx.state
+        models = {"G": s.G, "D": s.D, "EMA": s.sampler}
+        snap = {
+            k: {n: t.detach().clone() for n, t in m.state_dict().items()} for k, m in models.items()
+        }
+        n_events = sum(e.get("source") == "monitor" for e in ctx.events)
+        self.records.append((s.step, n_events, snap))
+
+
+def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _monitor_events(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [e for e in events if e.get("source") == "monitor"]
+
+
+# -- the detector ------------------------------------------------------------------------
+
+
+class RealImages(nn.Module):
+    """Serves real images of a split as 'samples': G(z, y) is a distinct real image of class y
+    per code (codes ranked, so a batch never repeats an image)."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, latent_dim: int = 100) -> None:
+        super().__init__()
+        self.classes = sorted(set(labels.tolist()))
+        self.per_class = [images[labels == c].float() / 127.5 - 1.0 for c in self.classes]
+        self.num_classes, self.latent_dim = len(self.classes), latent_dim
+        self.anchor = nn.Parameter(torch.zeros(1))  # gives the module a device
+
+    def forward(self, z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        rank = z[:, 0].argsort().argsort()
+        return torch.stack(
+            [
+                self.per_class[int(y)][int(r) % len(self.per_class[int(y)])]
+                for y, r in zip(labels, rank, strict=True)
+            ]
+        )
+
+
+def test_detector_flags_identical_samples_not_real_data(
+    make_cfg: Callable[..., Config], synthetic_splits: Path
+) -> None:
+    cfg = make_cfg("monitor.pairs=8", "monitor.patience=2")
+    plan = load_plan(synthetic_splits)
+    threshold = threshold_for(cfg.monitor, plan.reference_max)
+    assert threshold == pytest.approx(plan.reference_max + cfg.monitor.margin)
+
+    data = read_images(plan.split_dir(0))
+    real = sample_msssim(RealImages(data.images, data.labels), cfg.monitor.pairs, seed=3)
+    torch.manual_seed(0)
+    same = Generator(5, 100, 32, 3)
+    with torch.no_grad():
+        same.fc.weight[:, 5:] *= 1e-4  # the noise barely matters: near-identical samples
+    collapsed = sample_msssim(same, cfg.monitor.pairs, seed=3)
+    assert max(real) <= threshold < min(collapsed), (real, collapsed, threshold)
+    assert min(collapsed) > 0.99
+
+    names = [f"c{i}" for i in range(5)]
+    states: dict[str, dict[str, Any]] = {}
+    for _ in range(4):  # real data stays healthy however long it is watched
+        checks = apply_rule(states, dict(zip(names, real, strict=True)), threshold, 2)
+        assert {c.status for c in checks} == {HEALTHY}
+    first = apply_rule(states, dict(zip(names, collapsed, strict=True)), threshold, 2)
+    assert not any(c.newly_collapsed for c in first)  # patience 2: one check is not enough
+    second = apply_rule(states, dict(zip(names, collapsed, strict=True)), threshold, 2)
+    assert all(c.newly_collapsed and c.status == COLLAPSED for c in second)
+    # Identical samples from the start are flagged too, as never diverse.
+    fresh: dict[str, dict[str, Any]] = {}
+    checks = apply_rule(fresh, dict(zip(names, collapsed, strict=True)), threshold, 2)
+    assert {c.status for c in checks} == {NOT_DIVERSE}
+
+
+# -- in-training actions -------------------------------------------------------------------
+
+
+def test_rollback_restores_the_checkpoint_it_names(
+    make_cfg: Callable[..., Config], synthetic_splits: Path, tmp_path: Path
+) -> None:
+    cfg = make_cfg(
+        *MON,
+        "train.steps=4",
+        "monitor.action=rollback",
+        "monitor.patience=1",
+        "monitor.rollback_lr_factor=0.5",
+    )
+    plan = load_plan(synthetic_splits)
+    before, after = Spy(), Spy()  # the weights the monitor sees, and those it leaves
+    hooks = [
+        CollapseInjector(start=2, branch=0),  # collapse once; the rolled-back run is left alone
+        before,
+        CollapseMonitor.from_config(cfg, plan.reference_max),
+        after,
+    ]
+    res = train_split(
+        cfg, 0, synthetic_splits, tmp_path / "out", tmp_path / "ck", progress=False, hooks=hooks
+    )
+    events = _monitor_events(res.events)
+    assert len(events) == 5 and {e["action"] for e in events} == {"rollback"}  # all classes
+    ev = events[0]
+    assert ev["step"] == 2 and ev["restored_step"] == 1 and ev["value"] > ev["threshold"]
+    assert ev["lr"] == pytest.approx(cfg.train.lr * 0.5) and ev["rollback"] == 1
+
+    healthy = next(snap for step, _, snap in before.records if step == 1)
+    collapsed_at_2 = next(snap for step, _, snap in before.records if step == 2)
+    restored_step, _, restored = next(r for r in after.records if r[1] == 5)
+    assert restored_step == 1
+    for k in ("G", "D", "EMA"):
+        assert _same(restored[k], healthy[k]), k  # exactly the weights of step 1 ...
+        assert not _same(restored[k], collapsed_at_2[k]), k  # ... not the collapsed ones
+    # Training went on from there with the new learning rate to the full budget.
+    assert res.step == 4 and not res.stopped_early
+    hist = json.loads((res.out_dir / "history.json").read_text())
+    steps = [h["step"] for h in hist["history"]]
+    assert steps == sorted(set(steps)) and steps[-1] == 4  # the abandoned step 2 is gone
+    curve = hist["monitor"]["curve"]
+    assert [(e["step"], e.get("discarded", False)) for e in curve] == [
+        (1, False),
+        (2, True),
+        (2, False),
+        (3, False),
+        (4, False),
+    ]
+    assert hist["monitor"]["rollbacks"] == 1
+    ck = checkpoint.load(checkpoint.step_path(next((tmp_path / "ck").glob("split_0/*")), 4))
+    assert ck["lr"] == pytest.approx(cfg.train.lr * 0.5) and ck["seed"] == ev["seed"]
+
+
+def test_stop_keeps_the_last_healthy_checkpoint(
+    make_cfg: Callable[..., Config], synthetic_splits: Path, tmp_path: Path
+) -> None:
+    cfg = make_cfg(*MON, "train.steps=5", "monitor.action=stop", "monitor.patience=2")
+    spy = Spy()
+    args = (cfg, 1, synthetic_splits, tmp_path / "out", tmp_path / "ck")
+    res = train_split_with_monitor(*args, progress=False, hooks=[CollapseInjector(start=2), spy])
+    # Checks: 1 healthy, 2 collapsing, 3 collapsed -> stop, back to step 1.
+    events = _monitor_events(res.events)
+    assert {(e["step"], e["action"], e["restored_step"]) for e in events} == {(3, "stop", 1)}
+    assert res.stopped_early and res.step == 1
+    summary = json.loads((res.out_dir / "train.json").read_text())
+    assert summary["step"] == 1 and summary["stopped_early"]
+    healthy = next(snap for step, _, snap in spy.records if step == 1)
+    delivered = checkpoint.load(res.out_dir / "generator.pt")["state_dict"]
+    assert _same(delivered, healthy["EMA"])
+    ck_dir = next((tmp_path / "ck").glob("split_1/*"))
+    assert [s for s, _ in checkpoint.list_steps(ck_dir)] == [1]  # the collapsed tail is gone
+
+    # Running the same training again reproduces the stop instead of training past it.
+    again = train_split_with_monitor(*args, progress=False)
+    assert again.resumed_from == 1 and again.step == 1 and again.stopped_early
+    assert _same(checkpoint.load(again.out_dir / "generator.pt")["state_dict"], healthy["EMA"])
+
+
+# -- the monitor stage ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def models_with_collapse(
+    make_cfg: Callable[..., Config], synthetic_splits: Path, tmp_path: Path
+) -> tuple[Config, Path]:
+    """models/split_0 collapsed (action warn: trained on), models/split_1 trained normally."""
+    cfg = make_cfg(*MON, "train.steps=3", "monitor.patience=2")
+    models = tmp_path / "models"
+    hooks = {0: [CollapseInjector(start=2)], 1: []}
+    for sid in (0, 1):
+        train_split_with_monitor(
+            cfg,
+            sid,
+            synthetic_splits,
+            models / f"split_{sid}",
+            tmp_path / "checkpoints",
+            progress=False,
+            hooks=hooks[sid],
+        )
+    return cfg, models
+
+
+def test_run_monitor_excludes_then_retrains_a_collapsed_split(
+    models_with_collapse: tuple[Config, Path],
+    synthetic_splits: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    cfg, models = models_with_collapse
+    monkeypatch.chdir(tmp_path)  # relative paths, as dvc runs the stage
+    res = run_monitor(
+        cfg, synthetic_splits, Path("models"), Path("reports/monitor"), progress=False
+    )
+    out = tmp_path / "reports/monitor"
+    for name in ("monitor.json", "ensemble.json", "report.html", "config.json"):
+        assert (out / name).is_file(), name
+    for sid in (0, 1):
+        assert (out / f"plots/split_{sid}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    doc = json.loads((out / "monitor.json").read_text())
+    s0, s1 = doc["splits"]["0"], doc["splits"]["1"]
+    assert s0["status"] == COLLAPSED and set(s0["collapsed_classes"]) == set(s0["classes"])
+    assert all(c["final_msssim"] > 0.999 and c["collapsed"] for c in s0["classes"].values())
+    assert all(c["reference"] < c["threshold"] for c in s0["classes"].values())
+    assert [e["step"] for e in s0["events"]] == [3] * 5
+    assert s1["status"] == "healthy" and not s1["collapsed_classes"]
+    assert doc["excluded"][0]["split_id"] == 0 and "collapsed" in doc["excluded"][0]["reason"]
+    assert read_manifest(out / "ensemble.json") == [Path("models/split_1")]
+    assert [e["split_id"] for e in res.excluded] == [0]
+    html = (out / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == 2 and "Excluded from the ensemble" in html
+
+    res2 = run_monitor(
+        replace(cfg, monitor={"retrain_collapsed": True}),
+        synthetic_splits,
+        Path("models"),
+        Path("reports/monitor2"),
+        checkpoint_root=Path("checkpoints"),
+        progress=False,
+    )
+    out2 = tmp_path / "reports/monitor2"
+    assert not res2.excluded
+    assert read_manifest(out2 / "ensemble.json") == [
+        Path("reports/monitor2/retrained/split_0"),
+        Path("models/split_1"),
+    ]
+    retrained = json.loads((out2 / "retrained/split_0/train.json").read_text())
+    assert (
+        retrained["attempt"] == 1
+        and retrained["seed"] != json.loads((models / "split_0/train.json").read_text())["seed"]
+    )
+    doc2 = json.loads((out2 / "monitor.json").read_text())
+    assert doc2["splits"]["0"]["retrained"]["status"] != COLLAPSED
+    assert doc2["members"][0]["status"] == "retrained"
+    assert (out2 / "plots/split_0_retrained.png").is_file()
+
+
+def test_run_monitor_bad_input_is_one_line(tiny_trained: Any, tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    shutil.copytree(tiny_trained.model_dirs[0], models / "split_0")
+    with pytest.raises(AcganError) as err:  # split 1 has no output
+        run_monitor(tiny_trained.cfg, tiny_trained.splits, models, tmp_path / "out", progress=False)
+    assert "split 1" in str(err.value) and "\n" not in str(err.value)
+    assert not (tmp_path / "out").exists()
+
+    shutil.copytree(tiny_trained.model_dirs[1], models / "split_1")
+    (models / "split_1/history.json").write_text("{not json")
+    with pytest.raises(DataError) as err:
+        run_monitor(tiny_trained.cfg, tiny_trained.splits, models, tmp_path / "out", progress=False)
+    assert "split_1/history.json" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_monitor_cli_end_to_end_with_mlflow(
+    tiny_trained: Any,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from conftest import SMALL_OVERRIDES, TINY_TRAIN
+    from mlflow.tracking import MlflowClient
+
+    from acgan.cli import main
+
+    monkeypatch.chdir(tmp_path)  # no params.yaml here: defaults + --set
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    sets = [*SMALL_OVERRIDES, *TINY_TRAIN, "tracking.enabled=true", f"tracking.uri={uri}"]
+    models = tiny_trained.model_dirs[0].parent
+    argv = ["monitor", "--splits", str(tiny_trained.splits), "--models", str(models)]
+    argv += ["--out", "mon", *[a for s in sets for a in ("--set", s)]]
+    main(argv)  # returns on success; exits with status 2 on bad input
+    out = capsys.readouterr().out
+    assert "split 0:" in out and "ensemble of 2 split(s)" in out
+    assert len(read_manifest(tmp_path / "mon/ensemble.json")) == 2
+
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("acgan")
+    (run,) = client.search_runs([exp.experiment_id], "tags.`acgan.stage` = 'monitor'")
+    assert run.data.metrics["ensemble_members"] == 2
+    assert any(k.startswith("final_msssim/split_0/") for k in run.data.metrics)
+    arts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"monitor.json", "report.html", "ensemble.json", "plots"} <= arts
+    plots = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
+    assert plots == {"plots/split_0.png", "plots/split_1.png"}
+    assert run.data.tags["mlflow.parentRunId"]
+
+    # Bad input: a missing split output is one line on stderr and exit status 2.
+    argv[argv.index("--models") + 1] = str(tmp_path / "nothing")
+    with pytest.raises(SystemExit) as failed:
+        main(argv)
+    err = capsys.readouterr().err.strip()
+    assert failed.value.code == 2 and err.startswith("acgan: error: ") and "\n" not in err
+    assert "split 0" in err
+
+
+def test_fixed_codes_make_the_stage_agree_with_training(tiny_trained: Any) -> None:
+    """The monitor stage re-measures the delivered weights on the codes training used."""
+    hist = json.loads((tiny_trained.model_dirs[0] / "history.json").read_text())
+    last = hist["monitor"]["curve"][-1]
+    from acgan.models.ensemble import load_member
+
+    G = load_member(tiny_trained.model_dirs[0]).G
+    again = sample_msssim(G, tiny_trained.cfg.monitor.pairs, monitor_seed(0))
+    assert last["step"] == tiny_trained.cfg.train.steps
+    names = json.loads((tiny_trained.model_dirs[0] / "train.json").read_text())["class_names"]
+    assert [last["values"][n] for n in names] == pytest.approx(again, abs=1e-5)
