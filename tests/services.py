@@ -22,7 +22,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -93,16 +93,38 @@ def s3_env(s3: S3Endpoint) -> dict[str, str]:
     return {**DUMMY_AWS, "MLFLOW_S3_ENDPOINT_URL": s3.url, "AWS_ENDPOINT_URL": s3.url}
 
 
+class MotoS3(S3Endpoint):
+    """An :class:`S3Endpoint` served by an in-process moto server that a test can take down."""
+
+    def __init__(self, url: str, bucket: str, server: Any) -> None:
+        super().__init__(url, bucket)
+        object.__setattr__(self, "_server", server)
+
+    @contextlib.contextmanager
+    def outage(self) -> Iterator[None]:
+        """Stop answering (connection refused) inside the block; the data survives, because
+        moto keeps its state in this process, and the endpoint comes back on the same port."""
+        self._server.stop()
+        try:
+            yield
+        finally:
+            self._server.start()
+            wait_http(f"{self.url}/{self.bucket}", 30)
+
+
 @contextlib.contextmanager
-def moto_s3(bucket: str = "acgan") -> Iterator[S3Endpoint]:
+def moto_s3(bucket: str = "acgan") -> Iterator[MotoS3]:
     """An S3 endpoint on a free loopback port with ``bucket`` created; stopped on exit."""
+    import logging
+
     from moto.server import ThreadedMotoServer
 
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise
     port = free_port()
     server = ThreadedMotoServer(ip_address=LOOPBACK, port=port, verbose=False)
     server.start()
     try:
-        s3 = S3Endpoint(f"http://{LOOPBACK}:{port}", bucket)
+        s3 = MotoS3(f"http://{LOOPBACK}:{port}", bucket, server)
         s3.client().create_bucket(Bucket=bucket)
         yield s3
     finally:
@@ -133,9 +155,16 @@ def _stop(proc: subprocess.Popen[Any], grace: float = 10.0) -> None:
 
 @contextlib.contextmanager
 def mlflow_server(
-    workdir: Path, s3: S3Endpoint, prefix: str = "mlflow", timeout: float = 90.0
+    workdir: Path,
+    s3: S3Endpoint,
+    prefix: str = "mlflow",
+    timeout: float = 120.0,
+    while_starting: Callable[[], Any] | None = None,
 ) -> Iterator[MlflowServer]:
-    """``mlflow server`` (sqlite store in ``workdir``, artifacts in S3) on a free port."""
+    """``mlflow server`` (sqlite store in ``workdir``, artifacts in S3) on a free port.
+
+    ``while_starting`` runs after the process is launched and before it is polled: the ~10 s
+    the server needs to come up can be spent on other set-up (training a tiny model)."""
     workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     artifacts = f"s3://{s3.bucket}/{prefix}"
@@ -163,6 +192,8 @@ def mlflow_server(
         )
     url = f"http://{LOOPBACK}:{port}"
     try:
+        if while_starting is not None:
+            while_starting()
         try:
             wait_http(f"{url}/health", timeout, proc)
         except (RuntimeError, TimeoutError) as exc:

@@ -260,7 +260,8 @@ def test_champion_moves_only_on_gate_and_a_better_figure(
         res = do_register(make_run(tmp_path / f"run{i}", dirs, fig, passed))
         assert res.created
         expect = res.version if champ is None else champ
-        assert client.get_registered_model("acgan-test").aliases == {
+        aliases = client.get_registered_model("acgan-test").aliases
+        assert {k: int(v) for k, v in aliases.items()} == {
             "champion": expect,
             "candidate": res.version,
         }
@@ -441,3 +442,47 @@ def test_bad_inputs_fail_in_one_line(
             str(root / "monitor" / "ensemble.json"), tmp_path / "g", classes=["unicorn"]
         )
     assert not (tmp_path / "g").exists()
+
+
+def test_cli_on_the_embedded_default_store(
+    tiny_trained: TinyPipeline,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """What `dvc repro` runs: relative paths, no params file, sqlite:///mlflow.db in cwd,
+    no evaluation report (the gate is then "every split trained")."""
+    import shutil
+
+    from acgan.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    shutil.copytree(tiny_trained.ingested, "data/ingested")
+    for d in tiny_trained.model_dirs:
+        shutil.copytree(d, f"models/{d.name}")
+    write_manifest(
+        "reports/monitor",
+        [{"split_id": i, "model_dir": f"models/split_{i}"} for i in range(2)],
+    )
+    main(["register", "--set", "registry.retries=2"])
+    out = capsys.readouterr().out
+    assert "models:/acgan-synthetic/1 @champion (promoted: first version" in out
+    assert Path("mlflow.db").is_file()
+    rec = json.loads(Path("reports/register/registration.json").read_text())
+    assert rec["gate"]["passed"] and rec["figures"]["train_d_acc_real"] >= 0.0
+    main(["generate", "--classes", "0,9", "--n", "2", "--seed", "4"])
+    names = json.loads(Path("data/ingested/manifest.json").read_text())["class_names"]
+    written = sorted(p.relative_to("generated").as_posix() for p in Path("generated").rglob("*"))
+    assert written == sorted(
+        [names[0], names[9], *(f"{names[c]}/{i:04d}.png" for c in (0, 9) for i in range(2))]
+    )
+    # the same images from the local training outputs, without the registry
+    from acgan.registry.generate import generate_images
+
+    local = generate_images(
+        "reports/monitor/ensemble.json", Path("local"), classes=[0, 9], n=2, seed=4
+    )
+    for name in local.counts:
+        for p in (Path("local") / name).iterdir():
+            assert p.read_bytes() == (Path("generated") / name / p.name).read_bytes()

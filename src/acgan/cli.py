@@ -361,6 +361,138 @@ def submit(endpoint: str, params: tuple[str, ...], package: str | None, experime
     if dry_run:
         echo_json(kf.submit.validate(parsed, package))
         click.echo(f"parameters OK for {package}; nothing submitted (--dry-run)")
+@cli.command()
+@with_config
+@click.option(
+    "--ensemble",
+    default="reports/monitor/ensemble.json",
+    type=click.Path(),
+    help="Ensemble manifest (which split directories form the ensemble).",
+)
+@click.option(
+    "--data",
+    default="data/ingested",
+    type=click.Path(file_okay=False),
+    help="Output of `acgan ingest` (its content hash tags the version).",
+)
+@click.option(
+    "--monitor",
+    default="reports/monitor",
+    type=click.Path(file_okay=False),
+    help="Monitor report (per-split health); optional.",
+)
+@click.option(
+    "--eval",
+    "eval_dir",
+    default="reports/eval",
+    type=click.Path(file_okay=False),
+    help="metrics.json + gate.json of `acgan evaluate`; optional.",
+)
+@click.option(
+    "--out",
+    default="reports/register",
+    type=click.Path(file_okay=False),
+    help="Directory for registration.json and samples.png.",
+)
+@click.option("--parent-run-id", default=None, help="MLflow parent run (KFP passes it).")
+def register(
+    cfg: config_mod.Config,
+    ensemble: str,
+    data: str,
+    monitor: str,
+    eval_dir: str,
+    out: str,
+    parent_run_id: str | None,
+) -> None:
+    """Register the ensemble as registry.model_name; @champion moves only if it passes the
+    gate and beats the champion on registry.primary_metric.
+
+    \b
+    Examples:
+      acgan register
+      MLFLOW_TRACKING_URI=http://mlflow:5000 acgan register --set registry.model_name=my-gan
+    """
+    from acgan.registry.register import register as run_register
+
+    res = run_register(
+        cfg,
+        Path(ensemble),
+        Path(data),
+        Path(out),
+        make_tracker(cfg),
+        monitor_dir=Path(monitor),
+        eval_dir=Path(eval_dir),
+        parent_run_id=parent_run_id,
+    )
+    if res.version is None:
+        click.echo(f"registration skipped: {res.reason} -> {res.out_file}")
+        return
+    alias = "@champion" if res.champion else "@candidate"
+    click.echo(f"{res.model_uri} {alias} ({res.decision}: {res.reason}) -> {res.out_file}")
+
+
+@cli.command()
+@with_config
+@click.option(
+    "--model",
+    default=None,
+    help="models:/NAME@champion (default: registry.model_name),"
+    " models:/NAME/3, runs:/ID/ensemble, a pyfunc dir or reports/monitor/ensemble.json.",
+)
+@click.option(
+    "--classes", default=None, help="Comma-separated class indices or names [default: all]."
+)
+@click.option("--n", default=64, type=click.IntRange(1, 100_000), help="Images per class.")
+@click.option(
+    "--out",
+    default="generated",
+    type=click.Path(file_okay=False),
+    help="Writes OUT/<class name>/<index>.png.",
+)
+@click.option("--seed", default=0, type=click.IntRange(min=0), help="Same seed, same images.")
+@click.option(
+    "--grid",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="Also write one grid PNG (a row per class).",
+)
+@click.option("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+def generate(
+    cfg: config_mod.Config,
+    model: str | None,
+    classes: str | None,
+    n: int,
+    out: str,
+    seed: int,
+    grid: str | None,
+    device: str,
+) -> None:
+    """Generate images of chosen classes from a registered (or local) ensemble.
+
+    \b
+    Examples:
+      acgan generate --classes 3,7 --n 64 --out samples --grid samples/grid.png
+      acgan generate --model models:/acgan-cifar10/2 --classes cat,dog --seed 1
+      acgan generate --model reports/monitor/ensemble.json --n 8   # no registry needed
+    """
+    from acgan.registry.generate import generate_images
+
+    res = generate_images(
+        model or f"models:/{cfg.model_name}@champion",
+        Path(out),
+        classes=[c.strip() for c in classes.split(",") if c.strip()] if classes else None,
+        n=n,
+        seed=seed,
+        grid=Path(grid) if grid else None,
+        tracking_uri=cfg.tracking.uri,
+        device=device,
+    )
+    click.echo(
+        f"{sum(res.counts.values())} images of {len(res.counts)} classes from "
+        f"{res.source} -> {res.out_dir}" + (f" (grid {res.grid})" if res.grid else "")
+    )
+
+
         return
     res = kf.submit.submit(endpoint, parsed, package, experiment, run_name, namespace)
     click.echo(f"submitted run {res.run_id} -> {res.url}")

@@ -77,8 +77,10 @@ def log_ensemble(
     """Upload the sample grid and the pyfunc model (code file + generator files) to the run."""
     import mlflow
 
-    run = tracker.run(run_id)
-    run.log_image(grid, "samples/ensemble.png")
+    retry(
+        "upload the sample grid",
+        lambda: tracker.client.log_image(run_id, grid, "samples/ensemble.png"),
+    )
     with tempfile.TemporaryDirectory(prefix="acgan-register-") as tmp:
         members_json = Path(tmp) / "members.json"
         members_json.write_text(json.dumps(members, indent=2))
