@@ -153,10 +153,11 @@ def split(cfg: config_mod.Config, data: str, out: str) -> None:
 @with_config
 @click.option(
     "--split",
-    "split_id",
+    "split_ids",
     required=True,
+    multiple=True,
     type=click.IntRange(min=0),
-    help="Split id from splits.json.",
+    help="Split id from splits.json; repeat it to train several splits in this process.",
 )
 @click.option(
     "--splits",
@@ -168,7 +169,13 @@ def split(cfg: config_mod.Config, data: str, out: str) -> None:
     "--out",
     default=None,
     type=click.Path(file_okay=False),
-    help="Output directory  [default: models/split_<ID>]",
+    help="Output directory of a single split  [default: <models>/split_<ID>]",
+)
+@click.option(
+    "--models",
+    default="models",
+    type=click.Path(file_okay=False),
+    help="Root of the split outputs: <models>/split_<ID>.",
 )
 @click.option(
     "--checkpoints",
@@ -185,38 +192,42 @@ def split(cfg: config_mod.Config, data: str, out: str) -> None:
 )
 def train(
     cfg: config_mod.Config,
-    split_id: int,
+    split_ids: tuple[int, ...],
     splits: str,
     out: str | None,
+    models: str,
     checkpoints: str,
     parent_run_id: str | None,
     attempt: int,
 ) -> None:
-    """Train one split's AC-GAN; resumes from its latest checkpoint after a crash.
+    """Train splits' AC-GANs; resumes from the latest checkpoints after a crash.
+
+    Several --split ids train one after another, or train.pack of them at a time as one
+    batched model on one device (each split keeps its own weights, seed, checkpoints, run).
 
     \b
     Examples:
       acgan train --split 0
       acgan train --split 1 --set train.steps=2000 --set train.device=cuda
+      acgan train --split 0 --split 1 --split 2 --set train.pack=3 --models models/pack_0
     """
-    from acgan.train import train_split_with_monitor
+    from acgan.train import train_split_with_monitor, train_splits
 
-    res = train_split_with_monitor(
-        cfg,
-        split_id,
-        Path(splits),
-        Path(out or f"models/split_{split_id}"),
-        Path(checkpoints),
-        make_tracker(cfg),
-        parent_run_id=parent_run_id,
-        attempt=attempt,
-    )
-    resumed = f" (resumed from step {res.resumed_from})" if res.resumed_from else ""
-    click.echo(
-        f"split {split_id}: {res.step} steps{resumed}, D class accuracy on real "
-        f"{res.metrics.get('d_acc_real', float('nan')):.2f} -> {res.out_dir} "
-        f"[MLflow run {res.run_id}]"
-    )
+    if out is not None and len(split_ids) > 1:
+        raise click.UsageError("--out names one split's directory; use --models for several")
+    kw: dict[str, Any] = {"parent_run_id": parent_run_id, "attempt": attempt}
+    common = (Path(splits), Path(out or models), Path(checkpoints), make_tracker(cfg))
+    if out is not None:
+        results = [train_split_with_monitor(cfg, split_ids[0], *common, **kw)]
+    else:
+        results = train_splits(cfg, split_ids, *common, **kw)
+    for res in results:
+        resumed = f" (resumed from step {res.resumed_from})" if res.resumed_from else ""
+        click.echo(
+            f"split {res.split_id}: {res.step} steps{resumed}, D class accuracy on real "
+            f"{res.metrics.get('d_acc_real', float('nan')):.2f} -> {res.out_dir} "
+            f"[MLflow run {res.run_id}]"
+        )
 
 
 # --- monitor commands (collapse monitor issue) ---

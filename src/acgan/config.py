@@ -87,7 +87,9 @@ class TrainConfig:
     beta2: float = _f(0.999, "Adam beta2", min=0.0, max=0.999999)
     seed: int = _f(0, "base seed; each split derives its own", min=0)
     device: str = _f("auto", "auto | cpu | cuda", choices=("auto", "cpu", "cuda"))
-    amp: bool = _f(False, "bf16 autocast (GPU, or CPUs with bf16 units)")
+    amp: bool = _f(
+        False, "bf16 autocast where the device has fast bf16 (GPU, AVX512-BF16/AMX CPU), else fp32"
+    )
     ema_decay: float = _f(
         0.999, "EMA decay of G's weights (0 disables the EMA copy)", min=0.0, max=0.999999
     )
@@ -95,7 +97,12 @@ class TrainConfig:
     keep_checkpoints: int = _f(3, "newest checkpoints kept per split", min=1)
     log_every: int = _f(25, "steps between logged metrics (the only host sync)", min=1)
     sample_every: int = _f(200, "steps between logged sample grids", min=1)
-    pack: int = _f(1, "splits trained together in one process on one device", min=1)
+    pack: int = _f(
+        1,
+        "splits trained together as one batched model on one device (1: one per process)",
+        min=1,
+        max=1024,
+    )
 
 
 @dataclass(frozen=True)

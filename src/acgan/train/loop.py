@@ -33,6 +33,7 @@ from acgan.train.state import (
     TrainState,
     build_state,
     generator_record,
+    resolve_amp,
     resolve_device,
     split_seed,
 )
@@ -116,7 +117,9 @@ def train_step(state: TrainState, data: SplitData, batch_size: int, amp: bool) -
     """One D update and one G update; returns the step's figures as a device tensor."""
     G, D, gen, dev = state.G, state.D, state.gen, state.device
     n, k = data.images.shape[0], data.num_classes
-    idx = torch.randint(0, n, (batch_size,), generator=gen, device=data.images.device)
+    # Drawn on the generator's device (a CUDA generator cannot draw CPU tensors), then moved to
+    # the images (a no-op when they fit on the device, the usual case).
+    idx = torch.randint(0, n, (batch_size,), generator=gen, device=dev).to(data.images.device)
     real = to_float(data.images[idx].to(dev, non_blocking=True))
     y_real = data.labels[idx].to(dev, non_blocking=True)
     z = torch.randn(batch_size, G.latent_dim, generator=gen, device=dev)
@@ -250,11 +253,12 @@ def train_split(
         disable=not progress,
         dynamic_ncols=True,
     )
+    amp = resolve_amp(t_cfg.amp, device)  # bf16 only where the hardware has it
     t0, step0 = time.perf_counter(), state.step
     try:
         with _graceful_sigterm() as sig:
             while not stopped and state.step < t_cfg.steps:
-                acc += train_step(state, data, t_cfg.batch_size, t_cfg.amp)
+                acc += train_step(state, data, t_cfg.batch_size, amp)
                 count += 1
                 state.step += 1
                 bar.update(1)
@@ -307,6 +311,7 @@ def train_split(
         "events": ctx.events,
         "seed": seed,
         "attempt": attempt,
+        "amp": amp,
         "classes": meta["classes"],
         "class_names": meta["class_names"],
     }

@@ -3,11 +3,16 @@
 :class:`TrainState` holds G, D, the EMA copy of G, both optimizers, the step and every random
 stream. ``to_checkpoint`` / ``load_checkpoint`` turn it into a plain dict and back, so a resumed
 run continues bit-for-bit as if it had never stopped (same device, same thread count).
+
+D's dropout draws from the process-wide RNG when a split trains alone; the packed trainer gives
+each split its own ``dropout_gen`` started from the same state instead. Both are saved under the
+same checkpoint key, so a checkpoint continues identically in either mode (exactly on CPU).
 """
 
 from __future__ import annotations
 
 import copy
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +25,7 @@ from acgan.models.acgan import Discriminator, Generator
 from acgan.models.ensemble import GENERATOR_FORMAT
 
 CHECKPOINT_FORMAT = "acgan.train/1"
+log = logging.getLogger(__name__)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -32,6 +38,33 @@ def resolve_device(name: str) -> torch.device:
             "use train.device=auto or cpu"
         )
     return torch.device(name)
+
+
+def amp_supported(device: torch.device) -> bool:
+    """Whether bf16 autocast is fast here: CUDA with bf16 (Ampere and later), or a CPU whose
+    oneDNN has a bf16 path (AVX512-BF16 / AMX). Elsewhere bf16 convolutions fall back to
+    reference kernels (measured 35x slower than fp32 on an AVX2-only EPYC, see
+    docs/performance.md), so mixed precision would slow training down."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        return bool(
+            torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+        )
+    return False
+
+
+def resolve_amp(requested: bool, device: torch.device) -> bool:
+    """``train.amp`` as it will run: on only where :func:`amp_supported`; a request the
+    hardware cannot serve trains in fp32 with a warning (the same params file runs anywhere)."""
+    if requested and not amp_supported(device):
+        log.warning(
+            "train.amp: no fast bf16 on this %s; training in fp32 (set train.amp=false to "
+            "silence this)",
+            device.type,
+        )
+        return False
+    return requested
 
 
 def split_seed(base: int, split_id: int, attempt: int = 0) -> int:
@@ -93,6 +126,23 @@ class TrainState:
     lr: float
     step: int = 0
     extra: dict[str, Any] = field(default_factory=dict)  # e.g. the monitor's state
+    # D's dropout stream when packed (None: the process-wide RNG of ``device``).
+    dropout_gen: torch.Generator | None = None
+
+    def _dropout_rng_key(self) -> str:
+        return "cuda" if self.device.type == "cuda" else "torch"
+
+    def private_dropout_rng(self) -> torch.Generator:
+        """Move D's dropout stream from the process-wide RNG to a generator of this split's
+        own, continuing from the same state (the packed trainer calls this)."""
+        if self.dropout_gen is None:
+            gen = torch.Generator(device=self.device)
+            if self.device.type == "cuda":
+                gen.set_state(torch.cuda.get_rng_state(self.device))
+            else:
+                gen.set_state(torch.get_rng_state())
+            self.dropout_gen = gen
+        return self.dropout_gen
 
     @property
     def sampler(self) -> Generator:
@@ -105,8 +155,8 @@ class TrainState:
             "step": self.step,
             "seed": self.seed,
             "lr": self.lr,
-            "G": self.G.state_dict(),
-            "D": self.D.state_dict(),
+            "G": _own(self.G.state_dict()),
+            "D": _own(self.D.state_dict()),
             "opt_g": self.opt_g.state_dict(),
             "opt_d": self.opt_d.state_dict(),
             "ema": self.ema.state_dict() if self.ema is not None else None,
@@ -116,6 +166,8 @@ class TrainState:
         }
         if self.device.type == "cuda":
             ckpt["rng"]["cuda"] = torch.cuda.get_rng_state(self.device)
+        if self.dropout_gen is not None:
+            ckpt["rng"][self._dropout_rng_key()] = self.dropout_gen.get_state()
         return ckpt
 
     def load_checkpoint(self, ckpt: dict[str, Any], where: str) -> None:
@@ -135,6 +187,8 @@ class TrainState:
             torch.set_rng_state(ckpt["rng"]["torch"])
             if self.device.type == "cuda" and "cuda" in ckpt["rng"]:
                 torch.cuda.set_rng_state(ckpt["rng"]["cuda"], self.device)
+            if self.dropout_gen is not None and self._dropout_rng_key() in ckpt["rng"]:
+                self.dropout_gen.set_state(ckpt["rng"][self._dropout_rng_key()])
         except (KeyError, RuntimeError, ValueError) as exc:
             raise CheckpointError(
                 f"{where}: checkpoint does not match this model "
@@ -145,6 +199,12 @@ class TrainState:
             for group in opt.param_groups:
                 group["lr"] = self.lr
         self.extra = dict(ckpt.get("extra") or {})
+
+
+def _own(sd: dict[str, Any]) -> dict[str, Any]:
+    """Copy tensors that view a larger storage (the packed trainer's shared BatchNorm
+    statistics): ``torch.save`` would otherwise write the whole pack into each split's file."""
+    return {k: v.clone() if v.untyped_storage().nbytes() > v.nbytes else v for k, v in sd.items()}
 
 
 def build_state(
@@ -181,7 +241,7 @@ def generator_record(state: TrainState, meta: dict[str, Any]) -> dict[str, Any]:
     G = state.sampler
     return {
         "format": GENERATOR_FORMAT,
-        "state_dict": {k: v.detach().cpu() for k, v in G.state_dict().items()},
+        "state_dict": {k: v.detach().cpu() for k, v in _own(G.state_dict()).items()},
         "num_classes": G.num_classes,
         "latent_dim": G.latent_dim,
         "resolution": G.resolution,
