@@ -297,7 +297,9 @@ def test_run_monitor_excludes_then_retrains_a_collapsed_split(
         and retrained["seed"] != json.loads((models / "split_0/train.json").read_text())["seed"]
     )
     doc2 = json.loads((out2 / "monitor.json").read_text())
-    assert doc2["splits"]["0"]["retrained"]["status"] != COLLAPSED
+    s0 = doc2["splits"]["0"]
+    assert s0["status"] == "retrained" and s0["collapsed_classes"]  # what happened, and why
+    assert s0["retrained"]["status"] != COLLAPSED and s0["retrained"]["step"] == 3
     assert doc2["members"][0]["status"] == "retrained"
     assert (out2 / "plots/split_0_retrained.png").is_file()
 

@@ -25,6 +25,7 @@ def plot_split(rec: Mapping[str, Any], threshold: float, path: Path) -> Path:
 
     matplotlib.use("Agg")  # no display in a pod or a CI runner
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, ax = plt.subplots(figsize=(7.5, 4.2), dpi=100)
     colors = plt.get_cmap("tab10")
@@ -32,11 +33,11 @@ def plot_split(rec: Mapping[str, Any], threshold: float, path: Path) -> Path:
     for i, (name, cls) in enumerate(rec["classes"].items()):
         color = colors(i % 10)
         kept = [(e["step"], e["values"][name]) for e in curve if not e.get("discarded")]
-        gone = [(e["step"], e["values"][name]) for e in curve if e.get("discarded")]
         if kept:
             ax.plot(*zip(*kept, strict=True), marker="o", ms=3, color=color, label=name)
-        if gone:
-            ax.plot(*zip(*gone, strict=True), ls=":", marker=".", color=color, alpha=0.5)
+        for segment in _abandoned(curve, name):
+            ax.plot(*zip(*segment, strict=True), ls=":", marker="o", ms=4, mfc="none",
+                    color=color, alpha=0.6)  # fmt: skip
         ax.plot(
             [rec["step"]],
             [cls["final_msssim"]],
@@ -50,6 +51,7 @@ def plot_split(rec: Mapping[str, Any], threshold: float, path: Path) -> Path:
     for e in rec.get("events", []):
         ax.plot([e["step"]], [e["value"]], marker="x", ms=9, mew=2, color="black")
     ax.axhline(threshold, color="red", ls="--", lw=1.2, label=f"threshold {threshold:.3f}")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("training step")
     ax.set_ylabel("mean pairwise MS-SSIM of samples")
     ax.set_ylim(0.0, 1.02)
@@ -66,6 +68,25 @@ def plot_split(rec: Mapping[str, Any], threshold: float, path: Path) -> Path:
     plt.close(fig)
     atomic_write_bytes(path, buf.getvalue())
     return path
+
+
+def _abandoned(curve: list[dict[str, Any]], name: str) -> list[list[tuple[int, float]]]:
+    """The runs of checks a rollback (or a stop) abandoned, one per branch, each starting at
+    the kept check it branched off, so the way up to the collapse stays visible."""
+    segments: list[list[tuple[int, float]]] = []
+    last_kept: tuple[int, float] | None = None
+    branch = None
+    for e in curve:
+        point = (e["step"], e["values"][name])
+        if not e.get("discarded"):
+            last_kept, branch = point, None
+            continue
+        if e.get("branch") != branch:
+            branch = e.get("branch")
+            start = [p for p in (last_kept,) if p is not None and p[0] < point[0]]
+            segments.append(start)
+        segments[-1].append(point)
+    return segments
 
 
 def _esc(value: Any) -> str:
@@ -119,6 +140,7 @@ def write_html(summary: Mapping[str, Any], plots: Mapping[str, Path], path: Path
     )
     sections = "".join(_split_section(sid, rec) for sid, rec in summary["splits"].items())
     members = ", ".join(str(m["split_id"]) for m in summary["members"]) or "none"
+    retrain = "yes" if summary["retrain_collapsed"] else "no"
     doc = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>acgan collapse monitor</title>
 <style>
@@ -134,8 +156,8 @@ figure {{ display: inline-block; margin: 0.5em; }} img {{ max-width: 100%; }}
 <p>Mean pairwise MS-SSIM of samples from fixed latent codes ({_esc(summary["measure_protocol"])},
 {summary["pairs"]} pairs per class), against the threshold {summary["threshold"]:.4f}
 ({_esc(summary["threshold_rule"])}); a class collapses when it is above the threshold for
-{summary["patience"]} consecutive checks after having been at or below it. In-training action:
-<b>{_esc(summary["action"])}</b>; retrain collapsed splits: {summary["retrain_collapsed"]}.</p>
+{summary["patience"]} consecutive check(s) after having been at or below it. In-training action:
+<b>{_esc(summary["action"])}</b>; retrain collapsed splits: {retrain}.</p>
 <p>Ensemble members: <b>{_esc(members)}</b>; excluded: {len(summary["excluded"])}.</p>
 {sections}
 <h2>Plots</h2>

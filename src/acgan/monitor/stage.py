@@ -44,6 +44,7 @@ from acgan.tracking import STAGE_TAG, NullTracker, Tracker
 log = logging.getLogger(__name__)
 
 MONITOR_JSON = "monitor.json"
+RETRAINED = "retrained"  # a split's status once a collapsed split has been retrained healthy
 REPORT_HTML = "report.html"
 
 
@@ -208,47 +209,30 @@ def _assess_all(
         plots[f"split {sid}"] = report.plot_split(
             rec, threshold, tmp / "plots" / f"split_{sid}.png"
         )
-        chosen = rec
-        if rec["status"] == COLLAPSED:
-            reason = _reason(rec, threshold, m.patience)
-            log.warning("split %d: %s", sid, reason)
-            if m.retrain_collapsed:
-                chosen = _retrain(
-                    cfg,
-                    plan,
-                    sid,
-                    threshold,
-                    tmp,
-                    out_dir,
-                    tracker,
-                    parent_id,
-                    checkpoint_root,
-                    progress,
-                )
-                rec["retrained"] = chosen
-                plots[f"split {sid} (retrained)"] = report.plot_split(
-                    chosen, threshold, tmp / "plots" / f"split_{sid}_retrained.png"
-                )
-                if chosen["status"] == COLLAPSED:
-                    reason = "retrained once with a new seed and " + _reason(
-                        chosen, threshold, m.patience
-                    )
-                    chosen = None
-            else:
-                chosen = None
-            if chosen is None:
-                rec["excluded"] = reason
-                excluded.append({"split_id": sid, "reason": reason, "model_dir": rec["model_dir"]})
-        if chosen is not None:
-            members.append(
-                {
-                    "split_id": sid,
-                    "model_dir": chosen["model_dir"],
-                    "status": "retrained" if chosen is not rec else rec["status"],
-                    "classes": [c["class"] for c in chosen["classes"].values()],
-                }
-            )
         splits[sid] = rec
+        if rec["status"] != COLLAPSED:
+            members.append(_member(rec, rec))
+            continue
+        reason = _reason(rec, threshold, m.patience)
+        log.warning("split %d: %s", sid, reason)
+        if m.retrain_collapsed:
+            again = _retrain(
+                cfg, plan, sid, threshold, tmp, out_dir, tracker, parent_id, checkpoint_root,
+                progress,
+            )  # fmt: skip
+            rec["retrained"] = again
+            plots[f"split {sid} (retrained)"] = report.plot_split(
+                again, threshold, tmp / "plots" / f"split_{sid}_retrained.png"
+            )
+            if again["status"] != COLLAPSED:
+                rec["status"] = RETRAINED  # the split's standing in the ensemble
+                members.append(_member(again, rec))
+                continue
+            reason = "retrained once with a new seed, still " + _reason(
+                again, threshold, m.patience
+            )
+        rec["excluded"] = reason
+        excluded.append({"split_id": sid, "reason": reason, "model_dir": rec["model_dir"]})
 
     summary = {
         "protocol": plan.protocol,
@@ -272,6 +256,16 @@ def _assess_all(
     report.write_html(summary, plots, tmp / REPORT_HTML)
     write_stage_config(tmp, cfg, "monitor", plan.data_hash)
     return MonitorResult(out_dir, out_dir / manifest.name, threshold, splits, members, excluded)
+
+
+def _member(output: Mapping[str, Any], rec: Mapping[str, Any]) -> dict[str, Any]:
+    """An ensemble manifest entry: the directory of the ``output`` chosen for split ``rec``."""
+    return {
+        "split_id": rec["split_id"],
+        "model_dir": output["model_dir"],
+        "status": rec["status"],
+        "classes": [c["class"] for c in output["classes"].values()],
+    }
 
 
 def _public(rec: Mapping[str, Any]) -> dict[str, Any]:
@@ -323,7 +317,7 @@ def _log(run: Any, result: MonitorResult) -> None:
             metrics[f"final_msssim/split_{sid}/{metric_key(name)}"] = c["final_msssim"]
         metrics[f"collapsed_classes/split_{sid}"] = len(rec["collapsed_classes"])
     metrics.update(
-        splits_collapsed=sum(r["status"] == COLLAPSED for r in result.splits.values()),
+        splits_collapsed=sum(bool(r["collapsed_classes"]) for r in result.splits.values()),
         splits_retrained=sum("retrained" in r for r in result.splits.values()),
         splits_excluded=len(result.excluded),
         ensemble_members=len(result.members),
