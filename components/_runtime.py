@@ -41,7 +41,8 @@ def build_config(params: dict, environ: dict) -> Any:
     reaches every other key. An empty ``tracking_uri`` falls back to ``MLFLOW_TRACKING_URI`` in
     ``environ`` (the MLflow secret may carry it), then to the config default; an empty
     ``model_name`` means ``acgan-<source>``. ``acgan submit`` runs this offline, before it
-    contacts the server, and the ingest task runs it again in the cluster.
+    contacts the server, and the ingest task runs it again in the cluster, where a local
+    MLflow store (sqlite, files) is refused.
     """
     import json
 
@@ -55,7 +56,23 @@ def build_config(params: dict, environ: dict) -> Any:
         for name, key in keys.items()
         if values.get(name) not in (None, "")
     ]
-    return load(None, [*sets, *(values.get("overrides") or [])])
+    cfg = load(None, [*sets, *(values.get("overrides") or [])])
+    uri = cfg.tracking.uri
+    # ACGAN_POD_NAME is set on the cluster only (the pipeline's platform spec; kfp.local and
+    # `acgan submit` do not have it).
+    if (
+        cfg.tracking.enabled
+        and environ.get("ACGAN_POD_NAME")
+        and ("://" not in uri or uri.startswith(("sqlite:", "file:")))
+    ):
+        # In a pod a local store is lost with the pod, and each task would get its own.
+        from acgan.errors import ConfigError
+
+        raise ConfigError(
+            f"tracking.uri: {uri} is local to this pod; give the pods the MLflow server's URL "
+            "(MLFLOW_TRACKING_URI in the acgan-mlflow secret, or the tracking_uri parameter)"
+        )
+    return cfg
 
 
 def make_tracker(cfg: Any) -> Any:

@@ -1,8 +1,6 @@
 """Evaluation: the judge classifier (trained on real data while the splits train) and the
 ensemble's evaluation, whose gate decides whether the ensemble is registered."""
 
-from typing import NamedTuple
-
 from kfp.dsl import HTML, Artifact, ClassificationMetrics, Dataset, Input, Metrics, Model, Output
 
 from components._runtime import (
@@ -22,33 +20,36 @@ def judge(
     data: Input[Dataset],
     judge: Output[Model],
     metrics: Output[Metrics],
+    confusion: Output[ClassificationMetrics],
 ):
-    import json
     from pathlib import Path
 
-    from acgan.evaluate import train_judge
+    import torch
+
+    from acgan.data.shards import read_images
+    from acgan.evaluate_judge import train_judge
+    from acgan.metrics.judge import holdout_mask, load_judge
 
     cfg = load_config(config)
-    train_judge(
-        cfg,
-        Path(data.path),
-        Path(judge.path),
-        make_tracker(cfg),
-        parent_run_id=parent_run_id,
+    res = train_judge(
+        cfg, Path(data.path), Path(judge.path), make_tracker(cfg), parent_run_id=parent_run_id
     )
-    record = Path(judge.path) / "judge.json"
-    if record.is_file():
-        log_figures(metrics, json.loads(record.read_text()), prefix="judge_")
+    figures = {f"accuracy_{name}": v for name, v in res.per_class_accuracy.items()}
+    log_figures(metrics, {"real_accuracy": res.real_accuracy, **figures})
+    judge.metadata.update({"kind": res.kind, "real_accuracy": res.real_accuracy})
+    # The KFP UI's confusion matrix: the judge on the real images it held out (the same rows
+    # that real_accuracy is measured on).
+    net = load_judge(judge.path)
+    real = read_images(Path(data.path))
+    hold = holdout_mask(real.labels, cfg.eval.judge_holdout, cfg.eval.judge_seed)
+    predicted = net.embed(real.images[hold], cfg.eval.batch_size).logits.argmax(1)
+    k = len(net.class_names)
+    matrix = torch.zeros(k, k, dtype=torch.long)
+    matrix.index_put_((real.labels[hold], predicted), torch.ones_like(predicted), accumulate=True)
+    confusion.log_confusion_matrix(list(net.class_names), matrix.tolist())
 
 
-@component(
-    load_config,
-    make_tracker,
-    log_figures,
-    inline_images,
-    absolute_manifest,
-    gpu=True,
-)
+@component(load_config, make_tracker, log_figures, inline_images, absolute_manifest, gpu=True)
 def evaluate(
     config: str,
     parent_run_id: str,
@@ -59,18 +60,16 @@ def evaluate(
     eval_dir: Output[Artifact],
     report: Output[HTML],
     metrics: Output[Metrics],
-    confusion: Output[ClassificationMetrics],
-) -> NamedTuple("EvaluateOutputs", [("passed", bool)]):
-    import json
+) -> bool:
+    """Returns whether the evaluation gate passed (the pipeline registers only then)."""
     import tempfile
-    from collections import namedtuple
     from pathlib import Path
 
     from acgan.evaluate import evaluate as run_evaluate
 
     cfg = load_config(config)
     out = Path(eval_dir.path)
-    run_evaluate(
+    result = run_evaluate(
         cfg,
         Path(data.path),
         Path(splits.path),
@@ -80,9 +79,8 @@ def evaluate(
         make_tracker(cfg),
         parent_run_id=parent_run_id,
     )
-    figures = json.loads((out / "metrics.json").read_text())
-    log_figures(metrics, figures)
-    gate = json.loads((out / "gate.json").read_text())
-    metrics.log_metric("gate_passed", float(bool(gate["passed"])))
-    Path(report.path).write_text(inline_images((out / "report.html").read_text(), str(out)))
-    return namedtuple("EvaluateOutputs", ["passed"])(bool(gate["passed"]))
+    passed = bool(result.gate["passed"])
+    log_figures(metrics, {**result.metrics, "gate_passed": float(passed)})
+    eval_dir.metadata.update({"gate": result.gate})
+    Path(report.path).write_text(inline_images(result.report.read_text(), str(out)))
+    return passed

@@ -32,7 +32,7 @@ def train(
         make_tracker(cfg),
         parent_run_id=parent_run_id,
     )
-    log_figures(metrics, {**res.metrics, "steps": res.step})
+    log_figures(metrics, res.metrics)
     model.metadata.update(
         {
             "split_id": split_id,

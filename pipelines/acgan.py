@@ -94,7 +94,7 @@ def build_pipeline(parallelism: int = DEFAULT_PARALLELISM) -> Callable[..., Any]
         steps: int = 400,
         batch_size: int = 64,
         seed: int = 0,
-        tracking_uri: str = "http://mlflow.mlflow.svc.cluster.local:5000",
+        tracking_uri: str = "",  # "": MLFLOW_TRACKING_URI from the acgan-mlflow secret
         experiment: str = "acgan",
         model_name: str = "",
         overrides: list = [],  # noqa: B006 - KFP reads the default; "section.key=value" items
@@ -129,6 +129,11 @@ def build_pipeline(parallelism: int = DEFAULT_PARALLELISM) -> Callable[..., Any]
             overrides=overrides,
         )
         steps_task(ingest, "ingest")
+        # Tells the ingest task it runs in a cluster pod (where a local MLflow store is an
+        # error); a platform setting, so kfp.local does not set it.
+        kubernetes.use_field_path_as_env(
+            ingest, env_name="ACGAN_POD_NAME", field_path="metadata.name"
+        )
         kubernetes.mount_pvc(ingest, pvc_name=volume_pvc, mount_path=VOLUME_MOUNT)
         config, parent = ingest.outputs["config"], ingest.outputs["parent_run_id"]
 
@@ -176,7 +181,9 @@ def build_pipeline(parallelism: int = DEFAULT_PARALLELISM) -> Callable[..., Any]
         )
         gpu_task(evaluate, "evaluate ensemble")
 
-        with dsl.If(evaluate.outputs["passed"] == True, name="gate-passed"):  # noqa: E712
+        # The gate is evaluate's single return value: kfp.local resolves a condition on a
+        # task's `Output`, not on a named output of a NamedTuple.
+        with dsl.If(evaluate.outputs["Output"] == True, name="gate-passed"):  # noqa: E712
             register = register_op(
                 config=config,
                 parent_run_id=parent,
@@ -230,7 +237,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument(
         "--root",
-        default="kfp_local",
+        default="kfp_outputs",
         help="--local: where task outputs, checkpoints and mlflow.db go (default: %(default)s)",
     )
     parser.add_argument(

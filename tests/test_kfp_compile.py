@@ -67,7 +67,7 @@ def test_dag_shape(compiled: tuple[dict[str, Any], dict[str, Any]]) -> None:
     assert ens["producerTask"] == "monitor"
     # register only when the gate passed
     cond = root["condition-2"]
-    assert "evaluate-passed" in cond["triggerPolicy"]["condition"]
+    assert "evaluate-Output'] == true" in cond["triggerPolicy"]["condition"]
     assert "register" in spec["components"]["comp-condition-2"]["dag"]["tasks"]
     # the parent run id is created once (ingest) and handed to every later task
     for task in ("split", "judge", "monitor", "evaluate"):
@@ -100,6 +100,8 @@ def test_training_task_settings(compiled: tuple[dict[str, Any], dict[str, Any]])
     assert {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "MLFLOW_TRACKING_PASSWORD"} <= envs
     assert all(s["optional"] for s in k8s["secretAsEnv"])
     assert k8s["pvcMount"][0]["mountPath"] == pipeline.VOLUME_MOUNT
+    ingest = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]["exec-ingest"]
+    assert ingest["fieldPathAsEnv"] == [{"fieldPath": "metadata.name", "name": "ACGAN_POD_NAME"}]
 
 
 def test_images_and_no_runtime_install(compiled: tuple[dict[str, Any], dict[str, Any]]) -> None:
@@ -152,6 +154,11 @@ def test_build_config_maps_each_knob() -> None:
     assert cfg.model_name == "acgan-cifar10"
     with pytest.raises(ConfigError, match="data.resolution"):
         rt.build_config({"resolution": 48}, {})
+    # in a cluster pod a local MLflow store would vanish with the pod: refused
+    pod = {"ACGAN_POD_NAME": "acgan-ingest-x"}
+    with pytest.raises(ConfigError, match="tracking.uri: sqlite:///mlflow.db is local to this pod"):
+        rt.build_config({"tracking_uri": ""}, pod)
+    assert rt.build_config({"tracking_uri": "http://mlflow:5000"}, pod).tracking.uri
 
 
 # --- acgan submit: everything is checked before the server is contacted ---

@@ -1,0 +1,177 @@
+"""The whole Kubeflow DAG on this machine (``kfp.local.SubprocessRunner(use_venv=False)``) on
+the synthetic dataset with a tiny budget, and the glue the components share."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # components/ and pipelines/ sit beside src/, not installed
+    sys.path.insert(0, str(ROOT))
+
+from components import _runtime as rt  # noqa: E402
+from pipelines.local import LocalRun, run_local  # noqa: E402
+from pipelines.submit import SubmitError  # noqa: E402
+
+PNG = b"\x89PNG\r\n\x1a\n"
+# kfp.local says, for every task, that GPU/resource settings and our images do not apply to
+# a local subprocess: expected here, not news.
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:Task .* have no effect in the current local runner"),
+    pytest.mark.filterwarnings("ignore:You may be attemping to run a task that uses custom"),
+]
+
+# Two splits of five synthetic classes, a couple of steps each: real files, not good samples.
+# The gate's accuracy threshold is 0 so that registration runs after so short a training.
+TINY = {
+    "steps": 2,
+    "batch_size": 4,
+    "classes_per_split": 5,
+    "overrides": [
+        "data.synthetic_per_class=12",
+        "data.shard_rows=64",
+        "split.reference_pairs=4",
+        "train.log_every=1",
+        "train.sample_every=2",
+        "train.checkpoint_every=2",
+        "monitor.every=100",
+        "monitor.pairs=2",
+        "eval.samples_per_class=4",
+        "eval.msssim_pairs=2",
+        "eval.memorisation_samples=2",
+        "eval.judge_epochs=1",
+        "eval.grid_classes=2",
+        "eval.min_accuracy=0.0",
+        "registry.model_name=acgan-kfp-local",
+    ],
+}
+
+
+def _outputs(task_dir: Path) -> dict[str, Any]:
+    return json.loads((task_dir / "executor_output.json").read_text())
+
+
+def _artifact_metadata(task_dir: Path, name: str) -> dict[str, Any]:
+    return _outputs(task_dir)["artifacts"][name]["artifacts"][0]["metadata"]
+
+
+@pytest.fixture(scope="module")
+def local_run(tmp_path_factory: pytest.TempPathFactory) -> LocalRun:
+    root = tmp_path_factory.mktemp("kfp_local")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)  # the task processes inherit it: MLflow's ./mlruns lands here
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        return run_local(root / "run", TINY, parallelism=2)
+
+
+@pytest.mark.slow
+def test_one_generator_per_split(local_run: LocalRun) -> None:
+    from acgan.models.ensemble import load_member
+
+    models = local_run.models()
+    assert len(models) == 2
+    members = [load_member(m) for m in models]
+    assert sorted(m.split_id for m in members) == [0, 1]
+    assert all(m.step == 2 for m in members)
+    for m in models:
+        assert (m / "samples.png").read_bytes().startswith(PNG)
+        page = (m.parent / "samples").read_text()
+        assert "data:image/png;base64," in page  # the KFP UI's view of the samples
+
+
+@pytest.mark.slow
+def test_monitor_and_evaluation_figures(local_run: LocalRun) -> None:
+    from acgan.models.ensemble import Ensemble, read_manifest
+
+    monitor = local_run.task("monitor")
+    plots = sorted((monitor / "monitor_dir" / "plots").glob("split_*.png"))
+    assert [p.name for p in plots] == ["split_0.png", "split_1.png"]
+    assert all(p.read_bytes().startswith(PNG) for p in plots)
+    assert "data:image/png;base64," in (monitor / "report").read_text()
+    # the ensemble artifact is self-contained: its manifest resolves inside it
+    ens_dir = monitor / "ensemble"
+    ensemble = Ensemble.load(read_manifest(ens_dir / "ensemble.json", base=ens_dir))
+    assert ensemble.classes == list(range(10))
+    assert _artifact_metadata(monitor, "metrics")["ensemble_members"] == 2.0
+
+    evaluate = local_run.task("evaluate")
+    metrics = json.loads((evaluate / "eval_dir" / "metrics.json").read_text())
+    assert 0.0 <= metrics["judge_accuracy"] <= 1.0
+    figures = list((evaluate / "eval_dir" / "plots").glob("*.png"))
+    assert figures and all(p.read_bytes().startswith(PNG) for p in figures)
+    assert "<html" in (evaluate / "report").read_text().lower()
+    assert _artifact_metadata(evaluate, "metrics")["judge_accuracy"] == metrics["judge_accuracy"]
+    confusion = _artifact_metadata(local_run.task("judge"), "confusion")["confusionMatrix"]
+    assert len(confusion["rows"]) == 10
+
+
+@pytest.mark.slow
+def test_gate_passed_and_a_version_was_registered(local_run: LocalRun) -> None:
+    from mlflow.tracking import MlflowClient
+
+    assert local_run.gate()["passed"] is True
+    record = local_run.registration()
+    assert record is not None and record["registered"] is True
+    client = MlflowClient(tracking_uri=local_run.tracking_uri)
+    versions = client.search_model_versions("name = 'acgan-kfp-local'")
+    assert len(versions) == 1
+    uri = _outputs(local_run.task("register"))["parameterValues"]["Output"]
+    assert uri == f"models:/acgan-kfp-local/{versions[0].version}"
+    # one MLflow parent run, created by ingest and passed down: every other run is its child
+    parent = _outputs(local_run.task("ingest"))["parameterValues"]["parent_run_id"]
+    assert versions[0].tags["acgan.pipeline_run_id"] == parent
+    exp = client.get_experiment_by_name("acgan")
+    runs = client.search_runs([exp.experiment_id])
+    children = [r for r in runs if r.info.run_id != parent]
+    assert {r.data.tags.get("mlflow.parentRunId") for r in children} == {parent}
+    stages = {r.info.run_name for r in children}
+    assert {"split-0", "split-1", "judge", "monitor", "evaluate", "register"} <= stages
+
+
+def test_bad_parameters_stop_before_any_task(tmp_path: Path) -> None:
+    with pytest.raises(SubmitError, match="--param classes_per_split: 11 is larger than the 10"):
+        run_local(tmp_path, {"classes_per_split": 11})
+    with pytest.raises(SubmitError, match="--param stepz: the pipeline has no such parameter"):
+        run_local(tmp_path, {"stepz": 1})
+    assert not (tmp_path / "outputs").exists()
+
+
+# --- the helpers every component embeds ---
+
+
+def test_pack_ensemble_and_absolute_manifest(tmp_path: Path) -> None:
+    from acgan.models.ensemble import read_manifest, write_manifest
+
+    trained = tmp_path / "somewhere" / "split_3"
+    trained.mkdir(parents=True)
+    (trained / "generator.pt").write_bytes(b"weights")
+    manifest = write_manifest(
+        tmp_path / "monitor" / "ensemble.json",
+        [{"split_id": 3, "model_dir": "split_3", "status": "healthy"}],
+        [{"split_id": 4, "reason": "collapsed"}],
+    )
+    packed = tmp_path / "packed"
+    members = rt.pack_ensemble(str(manifest), [str(tmp_path / "somewhere")], str(packed))
+    assert members == [{"split_id": 3, "model_dir": "split_3", "status": "healthy"}]
+    assert (packed / "split_3" / "generator.pt").read_bytes() == b"weights"
+    absolute = rt.absolute_manifest(str(packed), str(tmp_path / "abs"))
+    assert read_manifest(absolute) == [packed / "split_3"]
+    assert json.loads(Path(absolute).read_text())["excluded"] == [
+        {"split_id": 4, "reason": "collapsed"}
+    ]
+    with pytest.raises(Exception, match="member directory split_3 not found"):
+        rt.pack_ensemble(str(manifest), [str(tmp_path / "elsewhere")], str(tmp_path / "p2"))
+
+
+def test_inline_images_embeds_local_pngs(tmp_path: Path) -> None:
+    (tmp_path / "plots").mkdir()
+    (tmp_path / "plots" / "a.png").write_bytes(PNG + b"rest")
+    html = '<img src="plots/a.png"><img src="plots/missing.png"><img src="http://x/y.png">'
+    out = rt.inline_images(html, str(tmp_path))
+    assert out.count("data:image/png;base64,") == 1
+    assert 'src="plots/missing.png"' in out and 'src="http://x/y.png"' in out
