@@ -161,7 +161,7 @@ def _after_step(cfg: Config, m: _Member, hooks: Sequence[StepHook], term: bool) 
         save_checkpoint(m.ctx, m.ctx.meta, t.keep_checkpoints)
 
 
-def _finish(cfg: Config, m: _Member, pack: list[int], amp: bool) -> TrainResult:
+def _finish(cfg: Config, m: _Member, pack: list[int], amp: bool, seconds: float) -> TrainResult:
     """Write the split's outputs exactly as train_split does (plus the pack it trained in)."""
     state, meta = m.state, m.ctx.meta
     final = m.history[-1] if m.history else {}
@@ -178,6 +178,7 @@ def _finish(cfg: Config, m: _Member, pack: list[int], amp: bool) -> TrainResult:
         "seed": m.seed,
         "attempt": meta["attempt"],
         "amp": amp,
+        "train_seconds": round(seconds, 3),  # the pack's loop, shared by its splits
         "classes": meta["classes"],
         "class_names": meta["class_names"],
         "packed_with": pack,
@@ -297,4 +298,5 @@ def train_pack(
         if status != "FINISHED":
             for m in members:
                 m.run.end(status)
-    return [_finish(cfg, m, pack, amp) for m in members]
+    seconds = time.perf_counter() - t0
+    return [_finish(cfg, m, pack, amp, seconds) for m in members]
