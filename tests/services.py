@@ -139,8 +139,10 @@ class MlflowServer:
     log: Path  # the server's stdout + stderr
 
 
-def _stop(proc: subprocess.Popen[Any], grace: float = 10.0) -> None:
-    """Stop the server and its workers: it leads its own process group (start_new_session)."""
+def _stop(proc: subprocess.Popen[Any], grace: float = 3.0) -> None:
+    """Stop the server and its workers: it leads its own process group (start_new_session).
+    The grace is short: uvicorn waits for idle keep-alive connections of the test's clients,
+    and a throw-away sqlite store loses nothing to a SIGKILL."""
     if proc.poll() is not None:
         return
     with contextlib.suppress(ProcessLookupError):
@@ -150,7 +152,7 @@ def _stop(proc: subprocess.Popen[Any], grace: float = 10.0) -> None:
     except subprocess.TimeoutExpired:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(grace)
+        proc.wait(30)
 
 
 @contextlib.contextmanager
@@ -183,7 +185,9 @@ def mlflow_server(
         "--workers",
         "1",  # 2 cores shared with the test process: one worker is plenty
     ]
-    env = {**os.environ, **s3_env(s3)}
+    # The server's boto3 would retry a dead endpoint for ~10 s per request; one retry keeps
+    # outage tests short (the client side has its own bounded retries under test).
+    env = {**os.environ, **s3_env(s3), "AWS_MAX_ATTEMPTS": "2", "AWS_RETRY_MODE": "standard"}
     env.pop("MLFLOW_TRACKING_URI", None)
     log_path = workdir / "server.log"
     with open(log_path, "wb") as log:

@@ -13,8 +13,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import pandas as pd
 import pytest
 from conftest import SMALL_OVERRIDES, TINY_TRAIN, TinyPipeline
 from PIL import Image
@@ -147,7 +145,11 @@ def cfg(store: str) -> Config:
 
 @pytest.fixture(scope="module")
 def tracker(cfg: Config) -> Tracker:
-    return Tracker(cfg.tracking.uri, cfg.tracking.experiment)
+    # The experiment's artifact root is ./mlruns of the directory it is created in: the
+    # store's own directory, not the repository.
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(Path(cfg.tracking.uri.removeprefix("sqlite:///")).parent)
+        return Tracker(cfg.tracking.uri, cfg.tracking.experiment)
 
 
 @pytest.fixture(scope="module")
@@ -305,98 +307,6 @@ def test_failure_after_version_creation_leaves_no_version(
     assert tree_digest(*dirs) == before
 
 
-# --- the pyfunc model and generate ------------------------------------------------------------
-
-
-def test_pyfunc_routes_classes_deterministically(
-    first: Any, cfg: Config, tiny_trained: TinyPipeline
-) -> None:
-    import mlflow
-
-    mlflow.set_tracking_uri(cfg.tracking.uri)
-    model = mlflow.pyfunc.load_model("models:/acgan-test@champion")
-    names = json.loads((tiny_trained.ingested / "manifest.json").read_text())["class_names"]
-    frame = pd.DataFrame({"class_label": [0, names[7]], "n": [3, 2], "seed": [5, 5]})
-    out = model.predict(frame)
-    assert out["images"].dtype == np.uint8 and out["images"].shape == (5, 32, 32, 3)
-    assert out["labels"].tolist() == [0, 0, 0, 7, 7]
-    again = model.predict(frame)
-    assert np.array_equal(out["images"], again["images"])  # same seed, same images
-    other = model.predict(pd.DataFrame({"class_label": [0], "n": [3], "seed": [6]}))
-    assert not np.array_equal(out["images"][:3], other["images"])
-    no_seed = model.predict(pd.DataFrame({"class_label": [0], "n": [3]}))
-    assert no_seed["images"].shape == (3, 32, 32, 3)
-    with pytest.raises(Exception, match=r"valid classes: 0=.*9="):
-        model.predict(pd.DataFrame({"class_label": ["unicorn"], "n": [1], "seed": [0]}))
-
-
-def test_generate_cli_from_champion_writes_every_class(
-    first: Any,
-    cfg: Config,
-    tiny_trained: TinyPipeline,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    import mlflow
-
-    from acgan.cli import main
-
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", cfg.tracking.uri)
-    out, grid = tmp_path / "gen", tmp_path / "grid.png"
-    names = json.loads((tiny_trained.ingested / "manifest.json").read_text())["class_names"]
-    main(
-        [
-            "generate",
-            "--model",
-            "models:/acgan-test@champion",
-            "--classes",
-            f"3,{names[7]}",
-            "--n",
-            "5",
-            "--seed",
-            "2",
-            "--out",
-            str(out),
-            "--grid",
-            str(grid),
-        ]
-    )
-    assert "10 images of 2 classes" in capsys.readouterr().out
-    assert sorted(p.name for p in out.iterdir()) == sorted([names[3], names[7]])
-    files = sorted((out / names[7]).iterdir())
-    assert [p.name for p in files] == [f"{i:04d}.png" for i in range(5)]
-    assert Image.open(grid).size == (5 * 34 + 2, 2 * 34 + 2)
-    # the files are exactly what the registered model's predict returns for that seed
-    mlflow.set_tracking_uri(cfg.tracking.uri)
-    pred = mlflow.pyfunc.load_model("models:/acgan-test@champion").predict(
-        pd.DataFrame({"class_label": [7], "n": [5], "seed": [2]})
-    )
-    assert np.array_equal(np.stack([np.asarray(Image.open(p)) for p in files]), pred["images"])
-
-
-def test_tampered_generator_is_reported_by_split(
-    first: Any, cfg: Config, tracker: Tracker, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    import mlflow
-
-    from acgan.cli import main
-
-    mv = tracker.client.get_model_version_by_alias("acgan-test", "champion")
-    model_dir = Path(mlflow.artifacts.download_artifacts(mv.source, dst_path=str(tmp_path)))
-    members = json.loads((model_dir / "artifacts" / "members.json").read_text())
-    victim = next(p for p in sorted(model_dir.rglob(GENERATOR_FILE)))
-    blob = victim.read_bytes()
-    victim.write_bytes(blob[: len(blob) // 2])  # truncated
-    sid = next(m["split_id"] for m in members if m["sha256"] == hashlib.sha256(blob).hexdigest())
-    with pytest.raises(SystemExit) as exit_info:
-        main(["generate", "--model", str(model_dir), "--out", str(tmp_path / "g")])
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()[-1]  # after MLflow's download bar
-    assert err.startswith(f"acgan: error: split {sid}: generator file") and "\n" not in err
-    assert not (tmp_path / "g").exists()  # nothing generated from a bad model
-
-
 # --- registration switched off and bad input --------------------------------------------------
 
 
@@ -433,56 +343,3 @@ def test_bad_inputs_fail_in_one_line(
         register(
             make_cfg(), tmp_path / "nope.json", tiny_trained.ingested, root / "o", NullTracker()
         )
-    from acgan.registry.generate import generate_images
-
-    with pytest.raises(AcganError, match=r"--model nowhere: not a model URI"):
-        generate_images("nowhere", tmp_path / "g")
-    with pytest.raises(AcganError, match=r"class_label 'unicorn' is not in this ensemble"):
-        generate_images(
-            str(root / "monitor" / "ensemble.json"), tmp_path / "g", classes=["unicorn"]
-        )
-    assert not (tmp_path / "g").exists()
-
-
-def test_cli_on_the_embedded_default_store(
-    tiny_trained: TinyPipeline,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    """What `dvc repro` runs: relative paths, no params file, sqlite:///mlflow.db in cwd,
-    no evaluation report (the gate is then "every split trained")."""
-    import shutil
-
-    from acgan.cli import main
-
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    shutil.copytree(tiny_trained.ingested, "data/ingested")
-    for d in tiny_trained.model_dirs:
-        shutil.copytree(d, f"models/{d.name}")
-    write_manifest(
-        "reports/monitor",
-        [{"split_id": i, "model_dir": f"models/split_{i}"} for i in range(2)],
-    )
-    main(["register", "--set", "registry.retries=2"])
-    out = capsys.readouterr().out
-    assert "models:/acgan-synthetic/1 @champion (promoted: first version" in out
-    assert Path("mlflow.db").is_file()
-    rec = json.loads(Path("reports/register/registration.json").read_text())
-    assert rec["gate"]["passed"] and rec["figures"]["train_d_acc_real"] >= 0.0
-    main(["generate", "--classes", "0,9", "--n", "2", "--seed", "4"])
-    names = json.loads(Path("data/ingested/manifest.json").read_text())["class_names"]
-    written = sorted(p.relative_to("generated").as_posix() for p in Path("generated").rglob("*"))
-    assert written == sorted(
-        [names[0], names[9], *(f"{names[c]}/{i:04d}.png" for c in (0, 9) for i in range(2))]
-    )
-    # the same images from the local training outputs, without the registry
-    from acgan.registry.generate import generate_images
-
-    local = generate_images(
-        "reports/monitor/ensemble.json", Path("local"), classes=[0, 9], n=2, seed=4
-    )
-    for name in local.counts:
-        for p in (Path("local") / name).iterdir():
-            assert p.read_bytes() == (Path("generated") / name / p.name).read_bytes()

@@ -36,14 +36,16 @@ HASH_TAG = "acgan.ensemble_hash"
 METRIC_TAG = "acgan.metric."
 MODEL_ARTIFACT = "ensemble"  # name of the logged model inside the register run
 GRID_PER_CLASS = 8
+GRID_CLASSES = 50
 
 
 def sample_grid(ens: Ensemble, per_class: int = GRID_PER_CLASS, seed: int = 0) -> np.ndarray:
-    """One row per class of the ensemble, the same noise in every column (class swap)."""
-    z = latents(per_class, ens.latent_dim, seed, ens.device)
-    rows = [ens.generate(c, per_class, z=z) for c in ens.classes]
+    """One row per class (the first ``GRID_CLASSES``: a 1000-class grid would be a poster),
+    the same noise in every column, so a column shows one latent code across classes."""
     import torch
 
+    z = latents(per_class, ens.latent_dim, seed, ens.device)
+    rows = [ens.generate(c, per_class, z=z) for c in ens.classes[:GRID_CLASSES]]
     return grid_image(torch.cat(rows), nrow=per_class)
 
 

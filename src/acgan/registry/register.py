@@ -154,8 +154,13 @@ def register(
     retry = Retrier(cfg.registry.retries, cfg.registry.retry_backoff_s, tracker.uri)
     client = tracker.client
     parent = open_pipeline_run(tracker, cfg, inp.data_hash, parent_run_id)
+    # One register run per trained ensemble: its version's source run shows its own files and
+    # samples, and registering the same ensemble again picks the same run up.
     run = tracker.child_run(
-        parent, "register", {STAGE_TAG: "register"}, params={"registry.model_name": name}
+        parent,
+        f"register-{digest[:8]}",
+        {STAGE_TAG: "register", HASH_TAG: digest},
+        params={"registry.model_name": name},
     )
     try:
         mv, created = model_log.find_or_create_version(
