@@ -301,6 +301,74 @@ def monitor(
 # --- evaluation commands (judge, evaluate) ---
 
 
+@cli.command()
+@with_config
+@click.option(
+    "--data",
+    default="data/ingested",
+    type=click.Path(file_okay=False),
+    help="Output of `acgan ingest` (the judge learns the real images).",
+)
+@click.option(
+    "--out",
+    default="judge",
+    type=click.Path(file_okay=False),
+    help="Directory for judge.pt, judge.json, training.png.",
+)
+@click.option("--parent-run-id", default=None, help="MLflow parent run (KFP passes it).")
+def judge(cfg: config_mod.Config, data: str, out: str, parent_run_id: str | None) -> None:
+    """Train the evaluation's judge classifier on the real data (cached by data hash).
+
+    \b
+    Examples:
+      acgan judge                                    # small CNN, eval.judge_epochs epochs
+      acgan judge --set eval.inception_weights=~/inception_v3_google.pth   # never downloads
+    """
+    from acgan.evaluate import train_judge
+
+    res = train_judge(cfg, Path(data), Path(out), make_tracker(cfg), parent_run_id=parent_run_id)
+    how = "cached, same data and settings" if res.cached else f"MLflow run {res.run_id}"
+    click.echo(
+        f"{res.kind} judge: held-out real accuracy {res.real_accuracy:.3f} -> {out} [{how}]"
+    )
+
+
+@cli.command("evaluate")
+@with_config
+@click.option("--data", default="data/ingested", type=click.Path(file_okay=False),
+              help="Output of `acgan ingest`.")
+@click.option("--splits", default="data/splits", type=click.Path(file_okay=False),
+              help="Output of `acgan split`.")
+@click.option("--ensemble", default="reports/monitor/ensemble.json", type=click.Path(),
+              help="Ensemble manifest written by `acgan monitor`.")
+@click.option("--judge", "judge_dir", default="judge", type=click.Path(file_okay=False),
+              help="Output of `acgan judge`.")
+@click.option("--out", default="reports/eval", type=click.Path(file_okay=False),
+              help="Directory for metrics.json, gate.json, report.html, plots/.")
+@click.option("--parent-run-id", default=None, help="MLflow parent run (KFP passes it).")
+def evaluate_cmd(cfg: config_mod.Config, data: str, splits: str, ensemble: str,
+                 judge_dir: str, out: str, parent_run_id: str | None) -> None:
+    """Judge the ensemble: accuracy, MS-SSIM diversity, IS, FID, resolution, memorisation.
+
+    \b
+    Examples:
+      acgan evaluate
+      acgan evaluate --set eval.samples_per_class=1000 --set eval.max_fid=50
+    """
+    from acgan.evaluate import evaluate
+
+    res = evaluate(cfg, Path(data), Path(splits), Path(ensemble), Path(judge_dir), Path(out),
+                   make_tracker(cfg), parent_run_id=parent_run_id)
+    m = res.metrics
+    click.echo(
+        f"judge accuracy {m['judge_accuracy']:.3f} (real {m['real_judge_accuracy']:.3f}), "
+        f"FID {m['fid']:.2f}, IS {m['inception_score']:.2f}, "
+        f"diverse {m['diverse_fraction']:.0%}; gate "
+        + ("passed" if res.gate["passed"] else "FAILED: " + "; ".join(res.gate["reasons"]))
+    )
+    click.echo(f"report {res.report} [MLflow run {res.run_id}]")
+
+
 # --- registry commands (register, generate) ---
 
 

@@ -125,15 +125,24 @@ class MonitorConfig:
 
 @dataclass(frozen=True)
 class EvalConfig:
-    samples_per_class: int = _f(200, "generated samples per class", min=1)
+    samples_per_class: int = _f(
+        200, "generated samples per class (>= 2: MS-SSIM needs pairs)", min=2
+    )
     batch_size: int = _f(500, "generation / feature-extraction batch", min=1)
     seed: int = _f(1234, "seed of the evaluation latents", min=0)
     judge_epochs: int = _f(8, "epochs of the judge classifier", min=1)
     judge_holdout: float = _f(
         0.1, "fraction of real images held out to score the judge", min=0.01, max=0.5
     )
-    inception_weights: str | None = _f(None, "local torchvision Inception-v3 state_dict")
+    judge_seed: int = _f(0, "seed of the judge's initialisation, hold-out and batches", min=0)
+    inception_weights: str | None = _f(
+        None, "local torchvision Inception-v3 state_dict (.pth): judge with it, never download"
+    )
     msssim_pairs: int = _f(100, "pairs per class for MS-SSIM diversity", min=2)
+    memorisation_samples: int = _f(
+        100, "samples per class searched for their nearest training image (pixel L1)", min=1
+    )
+    grid_classes: int = _f(10, "classes (rows) in the interpolation and class-swap grids", min=1)
     min_accuracy: float = _f(0.3, "gate: judge accuracy of samples at least this", min=0.0, max=1.0)
     max_fid: float | None = _f(None, "gate: FID at most this (null: no FID gate)", min=0.0)
     min_diverse_fraction: float = _f(
