@@ -229,22 +229,22 @@ def test_stop_keeps_the_last_healthy_checkpoint(
 
 @pytest.fixture
 def models_with_collapse(
-    make_cfg: Callable[..., Config], synthetic_splits: Path, tmp_path: Path
+    make_cfg: Callable[..., Config], tiny_trained: Any, tmp_path: Path
 ) -> tuple[Config, Path]:
-    """models/split_0 collapsed (action warn: trained on), models/split_1 trained normally."""
+    """models/split_0 collapsed (action warn: trained on), models/split_1 trained normally
+    (the shared tiny run's: the stage replays its curve against its own threshold)."""
     cfg = make_cfg(*MON, "train.steps=3", "monitor.patience=2")
     models = tmp_path / "models"
-    hooks = {0: [CollapseInjector(start=2)], 1: []}
-    for sid in (0, 1):
-        train_split_with_monitor(
-            cfg,
-            sid,
-            synthetic_splits,
-            models / f"split_{sid}",
-            tmp_path / "checkpoints",
-            progress=False,
-            hooks=hooks[sid],
-        )
+    train_split_with_monitor(
+        cfg,
+        0,
+        tiny_trained.splits,
+        models / "split_0",
+        tmp_path / "checkpoints",
+        progress=False,
+        hooks=[CollapseInjector(start=2)],
+    )
+    shutil.copytree(tiny_trained.model_dirs[1], models / "split_1")
     return cfg, models
 
 

@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tqdm.auto import tqdm
+
 from acgan.checkpoint import atomic_dir, atomic_write_json, one_line
 from acgan.config import Config
 from acgan.data.splits import SplitPlan, load_plan
@@ -204,7 +206,8 @@ def _assess_all(
     splits: dict[int, dict[str, Any]] = {}
     members, excluded = [], []
     plots: dict[str, Path] = {}
-    for sid, model_dir in dirs.items():
+    bar = tqdm(dirs.items(), desc="monitor", unit="split", disable=not progress)
+    for sid, model_dir in bar:
         rec = assess_split(cfg, plan, sid, model_dir, threshold)
         plots[f"split {sid}"] = report.plot_split(
             rec, threshold, tmp / "plots" / f"split_{sid}.png"
