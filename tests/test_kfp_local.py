@@ -129,8 +129,9 @@ def test_gate_passed_and_a_version_was_registered(local_run: LocalRun) -> None:
     runs = client.search_runs([exp.experiment_id])
     children = [r for r in runs if r.info.run_id != parent]
     assert {r.data.tags.get("mlflow.parentRunId") for r in children} == {parent}
-    stages = {r.info.run_name for r in children}
-    assert {"split-0", "split-1", "judge", "monitor", "evaluate", "register"} <= stages
+    assert {r.data.tags.get("acgan.split") for r in children} >= {"0", "1"}  # the trainers
+    stages = {r.data.tags.get("acgan.stage") for r in children}
+    assert {"judge", "monitor", "evaluate", "register"} <= stages
 
 
 def test_bad_parameters_stop_before_any_task(tmp_path: Path) -> None:
