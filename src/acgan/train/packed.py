@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from acgan.models.acgan import to_float
 from acgan.train.loop import SplitData
-from acgan.train.state import TrainState
+from acgan.train.state import TrainState, update_emas
 
 Stacked = list[tuple[Tensor | None, Tensor | None]]  # per layer: (weight, bias) of all K splits
 
@@ -232,8 +232,8 @@ def packed_step(nets: PackedNets, data: Sequence[SplitData], batch_size: int, am
     loss_g.sum().backward()
     for st in states:
         st.opt_g.step()
-        if st.ema is not None:
-            st.ema.update(st.G)
+    with_ema = [st for st in states if st.ema is not None]
+    update_emas([st.ema for st in with_ema], [st.G for st in with_ema])
 
     with torch.no_grad():
         return torch.stack(

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -85,15 +86,8 @@ class EMA:
         self.model.requires_grad_(False)
         self.updates = 0
 
-    @torch.no_grad()
     def update(self, model: nn.Module) -> None:
-        self.updates += 1
-        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
-        ema_p = [p for p in self.model.parameters()]
-        src_p = [p.detach() for p in model.parameters()]
-        torch._foreach_lerp_(ema_p, src_p, 1.0 - d)
-        for eb, b in zip(self.model.buffers(), model.buffers(), strict=True):
-            eb.copy_(b)
+        update_emas([self], [model])
 
     def state_dict(self) -> dict[str, Any]:
         return {"model": self.model.state_dict(), "updates": self.updates, "decay": self.decay}
@@ -101,6 +95,28 @@ class EMA:
     def load_state_dict(self, sd: dict[str, Any]) -> None:
         self.model.load_state_dict(sd["model"])
         self.updates = int(sd["updates"])
+
+
+@torch.no_grad()
+def update_emas(emas: Sequence[EMA], models: Sequence[nn.Module]) -> None:
+    """:meth:`EMA.update` of several models in a few fused kernels: one lerp per distinct
+    decay (the packed trainer's splits advance together, so theirs agree) and one copy of all
+    buffers. The same elementwise operations as one model at a time, bit for bit."""
+    lerps: dict[float, tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
+    buf_dst: list[torch.Tensor] = []
+    buf_src: list[torch.Tensor] = []
+    for ema, model in zip(emas, models, strict=True):
+        ema.updates += 1
+        d = min(ema.decay, (1 + ema.updates) / (10 + ema.updates))
+        dst, src = lerps.setdefault(1.0 - d, ([], []))
+        dst += list(ema.model.parameters())
+        src += [p.detach() for p in model.parameters()]
+        buf_dst += list(ema.model.buffers())
+        buf_src += list(model.buffers())
+    for weight, (dst, src) in lerps.items():
+        torch._foreach_lerp_(dst, src, weight)
+    if buf_dst:
+        torch._foreach_copy_(buf_dst, buf_src)
 
 
 def make_adam(params: Any, cfg: Config, device: torch.device, lr: float) -> torch.optim.Adam:
