@@ -44,17 +44,17 @@ MON = (
 
 
 class CollapseInjector:
-    """From step ``start`` on (while the monitor has rolled back ``branch`` times, if given),
-    make G and its EMA copy ignore the noise: one image per class."""
+    """From step ``start`` on (while the monitor's rollback count is in ``branches``, if
+    given), make G and its EMA copy ignore the noise: one image per class."""
 
     every = 1
 
-    def __init__(self, start: int, branch: int | None = None) -> None:
-        self.start, self.branch = start, branch
+    def __init__(self, start: int, branches: tuple[int, ...] | None = None) -> None:
+        self.start, self.branches = start, branches
 
     def __call__(self, ctx: Any) -> None:
         rollbacks = ctx.state.extra.get("monitor", {}).get("rollbacks", 0)
-        if ctx.state.step < self.start or self.branch not in (None, rollbacks):
+        if ctx.state.step < self.start or rollbacks not in (self.branches or (rollbacks,)):
             return
         with torch.no_grad():
             for G in (ctx.state.G, ctx.state.sampler):
@@ -160,7 +160,7 @@ def test_rollback_restores_the_checkpoint_it_names(
     plan = load_plan(synthetic_splits)
     before, after = Spy(), Spy()  # the weights the monitor sees, and those it leaves
     hooks = [
-        CollapseInjector(start=2, branch=0),  # collapse once; the rolled-back run is left alone
+        CollapseInjector(start=2, branches=(0, 1)),  # collapse twice, then leave it alone
         before,
         CollapseMonitor.from_config(cfg, plan.reference_max),
         after,
@@ -169,10 +169,13 @@ def test_rollback_restores_the_checkpoint_it_names(
         cfg, 0, synthetic_splits, tmp_path / "out", tmp_path / "ck", progress=False, hooks=hooks
     )
     events = _monitor_events(res.events)
-    assert len(events) == 5 and {e["action"] for e in events} == {"rollback"}  # all classes
-    ev = events[0]
+    assert len(events) == 10 and {e["action"] for e in events} == {"rollback"}  # 5 classes x 2
+    ev, ev2 = events[0], events[5]
     assert ev["step"] == 2 and ev["restored_step"] == 1 and ev["value"] > ev["threshold"]
     assert ev["lr"] == pytest.approx(cfg.train.lr * 0.5) and ev["rollback"] == 1
+    # The second rollback lowers the learning rate again, and draws another seed.
+    assert ev2["restored_step"] == 1 and ev2["rollback"] == 2
+    assert ev2["lr"] == pytest.approx(cfg.train.lr * 0.25) and ev2["seed"] != ev["seed"]
 
     healthy = next(snap for step, _, snap in before.records if step == 1)
     collapsed_at_2 = next(snap for step, _, snap in before.records if step == 2)
@@ -190,13 +193,14 @@ def test_rollback_restores_the_checkpoint_it_names(
     assert [(e["step"], e.get("discarded", False)) for e in curve] == [
         (1, False),
         (2, True),
+        (2, True),
         (2, False),
         (3, False),
         (4, False),
     ]
-    assert hist["monitor"]["rollbacks"] == 1
+    assert hist["monitor"]["rollbacks"] == 2
     ck = checkpoint.load(checkpoint.step_path(next((tmp_path / "ck").glob("split_0/*")), 4))
-    assert ck["lr"] == pytest.approx(cfg.train.lr * 0.5) and ck["seed"] == ev["seed"]
+    assert ck["lr"] == pytest.approx(cfg.train.lr * 0.25) and ck["seed"] == ev2["seed"]
 
 
 def test_stop_keeps_the_last_healthy_checkpoint(

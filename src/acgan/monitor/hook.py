@@ -144,6 +144,13 @@ class CollapseMonitor:
                 f" to step {extra['restored_step']}" if "restored_step" in extra else "",
             )
         state.extra["events"] = ctx.events
+        if action == "rollback":
+            # Rewrite the restored step's checkpoint with the new branch's seed, learning rate,
+            # events and rollback count: a crash now resumes on the new branch, and a later
+            # rollback to it lowers the learning rate again rather than starting over.
+            checkpoint.save(
+                state.to_checkpoint(ctx.meta), checkpoint.step_path(ctx.ckpt_dir, state.step)
+            )
         ctx.run.log_metrics({"monitor/events": _monitor_events(ctx.events)}, step=step)
         ctx.run.log_dict(
             [e for e in ctx.events if e.get("source") == "monitor"], "monitor/events.json"
