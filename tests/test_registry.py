@@ -233,11 +233,15 @@ def test_same_training_run_twice_makes_no_second_version(
     tmp_path: Path,
 ) -> None:
     root = make_run(tmp_path / "again", tiny_trained.model_dirs, 0.5, True)
+    # a newer evaluation of the same generators: its figures replace the version's old ones
+    (root / "eval" / "metrics.json").write_text('{"judge_accuracy": 0.5, "is": 2.5}')
     res = do_register(root)
     assert (res.version, res.created) == (1, False)
     champion = tracker.client.get_registered_model("acgan-test").aliases["champion"]
     assert res.champion is (champion == 1)
     assert len(tracker.client.search_model_versions("name='acgan-test'")) == 1
+    tags = tracker.client.get_model_version("acgan-test", 1).tags
+    assert tags["acgan.metric.is"] == "2.5" and "acgan.metric.fid" not in tags
 
 
 def test_champion_moves_only_on_gate_and_a_better_figure(

@@ -136,7 +136,7 @@ def read_inputs(
         per_key: dict[str, list[float]] = {}
         for rec in train.values():
             for k, v in numeric_figures(rec.get("metrics")).items():
-                if k != "step":
+                if k not in ("step", "images_per_s"):  # quality figures, not speed
                     per_key.setdefault(f"train_{k}", []).append(v)
         figures = {k: sum(v) / len(v) for k, v in per_key.items()}
     if eval_dir is not None and (Path(eval_dir) / GATE_JSON).is_file():

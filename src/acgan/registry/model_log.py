@@ -179,6 +179,24 @@ def find_or_create_version(
     return retry(f"create a version of {name}", create), True
 
 
+def refresh_tags(retry: Retrier, client: Any, name: str, mv: Any, tags: dict[str, str]) -> None:
+    """Bring a reused version's lineage and figure tags up to date (the git commit and
+    pipeline run it was first registered from stay as they were)."""
+    keep = {"acgan.git_commit", "acgan.pipeline_run_id"}
+    for key, value in tags.items():
+        if key not in keep and mv.tags.get(key) != value:
+            retry(
+                f"tag v{mv.version} {key}",
+                lambda k=key, v=value: client.set_model_version_tag(name, mv.version, k, v),
+            )
+    for key in mv.tags:  # figures the current reports no longer have (training's, say)
+        if key.startswith(METRIC_TAG) and key not in tags:
+            retry(
+                f"untag v{mv.version} {key}",
+                lambda k=key: client.delete_model_version_tag(name, mv.version, k),
+            )
+
+
 def delete_version(retry: Retrier, client: Any, name: str, version: int) -> None:
     try:
         retry(f"delete {name} v{version}", lambda: client.delete_model_version(name, version))

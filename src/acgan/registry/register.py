@@ -163,16 +163,19 @@ def register(
         params={"registry.model_name": name},
     )
     try:
+        tags = version_tags(cfg, inp, members, digest, parent)
         mv, created = model_log.find_or_create_version(
             retry,
             client,
             name,
             digest,
             lambda: model_log.log_ensemble(retry, tracker, run.run_id, ens, members, grid),
-            tags=version_tags(cfg, inp, members, digest, parent),
+            tags=tags,
             description=description(cfg, inp, ens),
             run_id=run.run_id,
         )
+        if not created:  # same generators, maybe newer evidence (an evaluation since): refresh
+            model_log.refresh_tags(retry, client, name, mv, tags)
     except BaseException:
         run.end("FAILED")
         raise
