@@ -5,8 +5,9 @@
     python -m benchmarks --only throughput,packed --device cuda
 
 Sections: ``throughput`` (the reference loop vs the project's trainer), ``packed`` (K splits
-packed vs one after another), ``eval`` (evaluation speed, ``benchmarks/eval_speed.py``) and
-``pipeline`` (``dvc repro`` / ``kfp.local`` wall time vs the training inside).
+packed vs one after another), ``monitor`` (one collapse check vs ``monitor.every`` steps),
+``eval`` (evaluation speed, 10 classes x 1,000 samples) and ``pipeline`` (``dvc repro`` /
+``kfp.local`` wall time vs the training inside).
 """
 
 from __future__ import annotations
@@ -18,10 +19,11 @@ import inspect
 import sys
 import time
 
-SECTIONS = ("throughput", "packed", "eval", "pipeline")
+SECTIONS = ("throughput", "packed", "monitor", "eval", "pipeline")
 MODULES = {
     "throughput": "benchmarks.train_throughput",
     "packed": "benchmarks.packed",
+    "monitor": "benchmarks.monitor_overhead",
     "eval": "benchmarks.eval_speed",
     "pipeline": "benchmarks.pipeline_overhead",
 }
@@ -54,7 +56,12 @@ def main(argv: list[str] | None = None) -> None:
     quick = ["--quick"] if a.quick else []
     for section in chosen:
         t = time.perf_counter()
-        argv_ = [*quick, "--device", a.device] if section in ("throughput", "packed") else quick
+        if section in ("throughput", "packed"):
+            argv_ = [*quick, "--device", a.device]
+        elif section == "monitor":  # it has no --quick: fewer timed steps and one repeat
+            argv_ = [*(["--steps", "3", "--repeats", "1"] if a.quick else []), "--device", a.device]
+        else:
+            argv_ = quick
         _call(MODULES[section], argv_)
         print(f"[{section}: {time.perf_counter() - t:.0f} s]", file=sys.stderr, flush=True)
 
