@@ -15,8 +15,6 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # components/ sits beside src/, not installed
-    sys.path.insert(0, str(ROOT))
 
 from components import images  # noqa: E402
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import http.server
 import socket
-import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,8 +15,6 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # components/ and pipelines/ sit beside src/, not installed
-    sys.path.insert(0, str(ROOT))
 
 from acgan.cli import main  # noqa: E402
 from acgan.errors import ConfigError  # noqa: E402

@@ -4,15 +4,12 @@ the synthetic dataset with a tiny budget, and the glue the components share."""
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # components/ and pipelines/ sit beside src/, not installed
-    sys.path.insert(0, str(ROOT))
 
 from components import _runtime as rt  # noqa: E402
 from pipelines.local import LocalRun, run_local  # noqa: E402
