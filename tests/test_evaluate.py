@@ -26,7 +26,7 @@ from acgan.metrics.judge import Judge, holdout_mask, load_judge
 from acgan.metrics.memorisation import nearest_l1
 from acgan.models.ensemble import write_manifest
 
-# 60 images per class and 4 epochs: enough for a judge well above chance in a few seconds.
+# 60 images per class and 6 epochs: a judge well above chance (about 0.68) in a few seconds.
 JUDGE_DATA = ("data.synthetic_per_class=60", "data.shard_rows=256", "tracking.enabled=false")
 
 
@@ -42,7 +42,7 @@ class Judged:
 @pytest.fixture(scope="module")
 def judged(tmp_path_factory: pytest.TempPathFactory) -> Judged:
     root = tmp_path_factory.mktemp("judged")
-    cfg = load(None, [*JUDGE_DATA, "eval.judge_epochs=4"])
+    cfg = load(None, [*JUDGE_DATA, "eval.judge_epochs=6"])
     ingest(cfg.data, root / "data", progress=False)
     res = train_judge(cfg, root / "data", root / "judge", progress=False)
     info = json.loads((root / "judge" / "judge.json").read_text())
@@ -90,7 +90,7 @@ def test_real_data_as_samples_scores_like_real_data(judged: Judged) -> None:
     assert o["fid"] < 1e-3 and o["intra_fid_mean"] < 1e-2  # identical sets
     assert o["diverse_fraction"] == 1.0  # the paper's figure on real data
     assert o["msssim_mean"] == pytest.approx(o["msssim_real_mean"])
-    assert o["inception_score"] > 2.0
+    assert o["inception_score"] > 1.5 and o["inception_score"] == o["inception_score_real"]
     # Training images as samples: each is its own nearest neighbour, distance 0.
     assert o["nn_l1_min"] == 0.0 and o["nn_l1_ratio"] < 0.01
     res = figs.tables["resolution"]
@@ -108,6 +108,7 @@ def test_noise_and_collapse_are_caught(judged: Judged) -> None:
     feats = judged.judge.embed(images).features
     halves = fidis.frechet_distance(feats[::2], feats[1::2])  # real vs real, 300 each
     assert noisy["judge_accuracy"] <= 0.3  # chance is 0.1
+    assert noisy["inception_score"] < noisy["inception_score_real"]
     assert noisy["fid"] > 10 * halves
     assert noisy["nn_l1_mean"] > 40
 

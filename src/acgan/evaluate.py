@@ -121,12 +121,18 @@ def generate_samples(
     ensemble: Ensemble, n: int, seed: int, batch_size: int, progress: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``n`` uint8 samples of every class (each from its split's generator) and their labels."""
+    for m in ensemble.members:
+        # The transposed convolutions run ~15% faster channels-last on CPU (oneDNN); the
+        # images are made contiguous again below, so nothing downstream sees the layout.
+        m.G.to(memory_format=torch.channels_last)
     images, labels = [], []
     bar = tqdm(total=n * len(ensemble.classes), desc="generate", unit="img", disable=not progress)
     with bar, torch.inference_mode():
         for c in ensemble.classes:
             images.append(
-                ensemble.generate(c, n, seed=_class_seed(seed, c), batch_size=batch_size).cpu()
+                ensemble.generate(c, n, seed=_class_seed(seed, c), batch_size=batch_size)
+                .cpu()
+                .contiguous()
             )
             labels.append(torch.full((n,), c, dtype=torch.long))
             bar.update(n)

@@ -152,9 +152,11 @@ def _resolution_plot(rows: list[dict[str, float]]) -> np.ndarray:
 def _nn_plot(dist: dict[str, list[float]]) -> np.ndarray:
     fig = Figure(figsize=(4.5, 3.2), dpi=100)
     ax = fig.subplots()
+    both = [*dist.get("samples", []), *dist.get("real", [])]
+    bins = np.histogram_bin_edges(both, bins=30) if both else 30  # one set of bins for both
     for key, label in (("samples", "samples"), ("real", "real (held out)")):
         if dist.get(key):
-            ax.hist(dist[key], bins=30, alpha=0.6, density=True, label=label)
+            ax.hist(dist[key], bins=bins, alpha=0.6, density=True, label=label)
     ax.set(xlabel="mean |pixel difference| to nearest training image (0-255)", ylabel="density")
     ax.legend()
     fig.tight_layout()

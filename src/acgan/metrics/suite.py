@@ -115,18 +115,19 @@ def compute(
     timings: dict[str, float] | None = None,
 ) -> tuple[Figures, dict[str, str]]:
     """Run the named metrics (all when None); returns the merged figures and protocols.
-    ``timings``, when given, receives each metric's wall time in seconds."""
+    ``on_metric(name)`` is called after each metric (progress); ``timings``, when given,
+    receives each metric's wall time in seconds."""
     out, protocols = Figures(), {}
     for name in names or list(METRICS):
         if name not in METRICS:
             raise KeyError(f"unknown metric {name!r}; known: {', '.join(METRICS)}")
         spec = METRICS[name]
-        on_metric(name)
         t0 = time.perf_counter()
         out.merge(spec.fn(data))
         protocols[name] = spec.protocol(data)
         if timings is not None:
             timings[name] = time.perf_counter() - t0
+        on_metric(name)
     return out, protocols
 
 
