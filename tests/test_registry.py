@@ -206,6 +206,7 @@ def test_first_version_becomes_champion_with_lineage(
     assert "acgan.metric.per_class" not in mv.tags  # only top-level figures
     assert "2 splits x 6 steps x 16 images/step" in mv.tags["acgan.budget"]
     assert mv.tags["acgan.decision"] == "promoted" and mv.tags["acgan.champion_figure"] == "none"
+    assert mv.tags["acgan.registration_complete"] == "true"
     assert "AC-GAN ensemble" in mv.description
     rec = json.loads((root / "register" / "registration.json").read_text())
     assert rec["version"] == 1 and rec["champion"] and rec["model_uri"] == "models:/acgan-test/1"
@@ -232,11 +233,16 @@ def test_same_training_run_twice_makes_no_second_version(
     tracker: Tracker,
     tmp_path: Path,
 ) -> None:
+    client = tracker.client
+    # as a registration killed after creating the version leaves it: no alias, no final tag
+    client.delete_registered_model_alias("acgan-test", "candidate")
+    client.delete_model_version_tag("acgan-test", 1, "acgan.registration_complete")
     root = make_run(tmp_path / "again", tiny_trained.model_dirs, 0.5, True)
     # a newer evaluation of the same generators: its figures replace the version's old ones
     (root / "eval" / "metrics.json").write_text('{"judge_accuracy": 0.5, "is": 2.5}')
     res = do_register(root)
     assert (res.version, res.created) == (1, False)
+    assert "candidate" in client.get_model_version("acgan-test", 1).aliases  # finished now
     champion = tracker.client.get_registered_model("acgan-test").aliases["champion"]
     assert res.champion is (champion == 1)
     assert len(tracker.client.search_model_versions("name='acgan-test'")) == 1
@@ -252,8 +258,7 @@ def test_champion_moves_only_on_gate_and_a_better_figure(
     tmp_path: Path,
 ) -> None:
     client = tracker.client
-    cases = [  # (figure, gate passed, champion afterwards)
-        (0.4, True, 1),  # worse: kept
+    cases = [  # (figure, gate passed, champion afterwards); "worse" is in test_champion_rule
         (0.5, True, 1),  # tie: the old champion stays
         (0.9, False, 1),  # better but the gate failed
         (0.6, True, None),  # better and passed: promoted (None = this version)
@@ -278,8 +283,15 @@ def test_champion_moves_only_on_gate_and_a_better_figure(
         assert res.champion is (champ is None)
     assert (
         "gate failed: judge_accuracy below"
-        in client.get_model_version("acgan-test", 4).tags["acgan.decision_reason"]
+        in client.get_model_version("acgan-test", 3).tags["acgan.decision_reason"]
     )
+    # the first ensemble registered again: its old version, and no alias moves back to it
+    root = make_run(tmp_path / "old", tiny_trained.model_dirs, 0.5, True)
+    again = do_register(root)
+    assert (again.version, again.created, again.champion) == (1, False, False)
+    aliases = client.get_registered_model("acgan-test").aliases
+    assert {k: int(v) for k, v in aliases.items()} == {"champion": 4, "candidate": 4}
+    assert json.loads((root / "register" / "registration.json").read_text())["aliases"] == []
 
 
 def test_failure_after_version_creation_leaves_no_version(

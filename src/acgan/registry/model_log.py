@@ -116,7 +116,13 @@ def find_version(retry: Retrier, client: Any, name: str, digest: str) -> Any | N
     for v in found:
         if v.status == "FAILED_REGISTRATION":  # never usable: clear it so a retry can succeed
             delete_version(retry, client, name, int(v.version))
-    return min(ready, key=lambda v: int(v.version)) if ready else None
+    if not ready:
+        return None
+    first = min(ready, key=lambda v: int(v.version))
+    # search results carry no aliases; the caller needs them (a version left unaliased)
+    return retry(
+        f"read {name} v{first.version}", lambda: client.get_model_version(name, first.version)
+    )
 
 
 def _ensure_registered_model(client: Any, name: str) -> None:

@@ -2,10 +2,12 @@
 
 Order matters for "no half-registered version": the model's files are uploaded first (a
 failure there leaves no version at all), then the version is created *with* all its lineage
-tags in one call (so a version never lacks them), then the aliases move. A failure after the
-version exists deletes the version this call created. Every registry call is retried with
-exponential backoff (``registry.retries``, ``registry.retry_backoff_s``), then fails with one
-line. Registering the same trained ensemble again (same generator files, by SHA-256) reuses
+tags in one call (so a version never lacks them), then the aliases move, and a last tag
+(``acgan.registration_complete``) marks it finished. A failure after the version exists
+deletes the version this call created; a process killed in between leaves a version with its
+files but without that tag, which the next ``acgan register`` of the same ensemble finishes.
+Every registry call is retried with exponential backoff (``registry.retries``,
+``registry.retry_backoff_s``), then fails with one line. Registering the same trained ensemble again (same generator files, by SHA-256) reuses
 its version: no second version, the champion rule is simply applied again.
 
 The champion rule: ``@champion`` moves to the new version only when the gate passes *and* the
@@ -17,13 +19,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from acgan.checkpoint import atomic_write_bytes, atomic_write_json, one_line
 from acgan.config import Config
-from acgan.errors import RegistryError
+from acgan.errors import AcganError, RegistryError
 from acgan.lineage import git_commit, open_pipeline_run
 from acgan.models.ensemble import Ensemble
 from acgan.registry import model_log
@@ -33,7 +36,9 @@ from acgan.registry.pyfunc import members_record
 from acgan.registry.rules import Retrier
 from acgan.tracking import STAGE_TAG, NullTracker, Run, Tracker, png_bytes
 
+log = logging.getLogger(__name__)
 REGISTRATION_JSON = "registration.json"
+DONE_TAG = "acgan.registration_complete"
 SAMPLES_PNG = "samples.png"
 TAG_LIMIT = 5000  # MLflow's maximum tag value length
 
@@ -177,12 +182,14 @@ def register(
         if not created:  # same generators, maybe newer evidence (an evaluation since): refresh
             model_log.refresh_tags(retry, client, name, mv, tags)
     except BaseException:
-        run.end("FAILED")
+        _end_quietly(run)
         raise
     version = int(mv.version)
     try:
-        # A new version gets @candidate; so does an old one that a killed run left unaliased.
-        if created or not list(getattr(mv, "aliases", []) or []):
+        # A new version gets @candidate; so does an old one whose registration a killed
+        # process left unfinished (it lacks the tag set as the very last step).
+        unfinished = created or mv.tags.get(DONE_TAG) != "true"
+        if unfinished:
             retry(
                 f"set alias {CANDIDATE}",
                 lambda: client.set_registered_model_alias(name, CANDIDATE, version),
@@ -190,10 +197,15 @@ def register(
         decision = model_log.apply_champion_rule(
             retry, client, name, version, cfg.registry, inp.gate_passed, inp.gate_reasons
         )
+        if unfinished:
+            retry(
+                f"tag v{version} {DONE_TAG}",
+                lambda: client.set_model_version_tag(name, version, DONE_TAG, "true"),
+            )
     except BaseException as exc:
         if created:  # leave no version behind that this call could not finish
             model_log.delete_version(retry, client, name, version)
-        run.end("FAILED")
+        _end_quietly(run)
         if isinstance(exc, RegistryError | KeyboardInterrupt):
             raise
         raise RegistryError(
@@ -212,16 +224,31 @@ def register(
         run.run_id,
         out_dir / REGISTRATION_JSON,
     )
+    try:
+        aliases = sorted(client.get_model_version(name, version).aliases)
+    except Exception:  # the version is complete; the record just says less
+        aliases = [CHAMPION] if champion else []
     record = {
         **base,
         **asdict(result),
         "registered": True,
-        "aliases": [CANDIDATE, *([CHAMPION] if champion else [])],
+        "aliases": aliases,
         "tracking_uri": tracker.uri,
         "pipeline_run_id": parent.run_id,
     }
     path = _write(out_dir, record, grid)
-    run.log_dict(json.loads(path.read_text()), f"register/{REGISTRATION_JSON}")
-    run.set_tags({"acgan.model_version": version, "acgan.decision": result.decision})
-    run.end("FINISHED")
+    try:  # bookkeeping on the run: the registration itself is done whatever happens here
+        run.log_dict(json.loads(path.read_text()), f"register/{REGISTRATION_JSON}")
+        run.set_tags({"acgan.model_version": version, "acgan.decision": result.decision})
+        run.end("FINISHED")
+    except AcganError as exc:
+        log.warning("registered %s v%s, but the run's bookkeeping failed: %s", name, version, exc)
     return result
+
+
+def _end_quietly(run: Run) -> None:
+    """Mark the run failed if the server still answers; never mask the original error."""
+    try:
+        run.end("FAILED")
+    except Exception as exc:
+        log.warning("could not mark run %s failed: %s", run.run_id, one_line(exc))
