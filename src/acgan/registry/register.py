@@ -7,8 +7,9 @@ tags in one call (so a version never lacks them), then the aliases move, and a l
 deletes the version this call created; a process killed in between leaves a version with its
 files but without that tag, which the next ``acgan register`` of the same ensemble finishes.
 Every registry call is retried with exponential backoff (``registry.retries``,
-``registry.retry_backoff_s``), then fails with one line. Registering the same trained ensemble again (same generator files, by SHA-256) reuses
-its version: no second version, the champion rule is simply applied again.
+``registry.retry_backoff_s``), then fails with one line. Registering the same trained
+ensemble again (same generator files, by SHA-256) reuses its version: no second version; its
+figure tags are refreshed and the champion rule is applied again.
 
 The champion rule: ``@champion`` moves to the new version only when the gate passes *and* the
 version beats the current champion on ``registry.primary_metric`` (strictly: a tie keeps the
