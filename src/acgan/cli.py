@@ -372,74 +372,6 @@ def evaluate_cmd(cfg: config_mod.Config, data: str, splits: str, ensemble: str,
 # --- registry commands (register, generate) ---
 
 
-# --- kubeflow commands (compile, submit) ---
-
-
-def _kubeflow() -> Any:
-    """``pipelines/`` sits beside ``src/`` in the checkout (the package is installed editable
-    from it) and is not part of the core: put it on the path, wherever the CLI runs from."""
-    root = Path(__file__).resolve().parents[2]
-    if not (root / "pipelines" / "acgan.py").is_file():
-        raise AcganError(
-            "acgan compile/submit need the repository checkout (pipelines/); "
-            "run them from a clone installed with `pip install -e .`"
-        )
-    if str(root) not in sys.path:
-        sys.path.insert(0, str(root))
-    import pipelines.acgan
-    import pipelines.submit
-
-    return pipelines
-
-
-@cli.command("compile")
-@click.option("--out", default=None, type=click.Path(dir_okay=False),
-              help="Output YAML  [default: pipelines/acgan.yaml in the checkout]")
-@click.option("--parallelism", default=8, type=click.IntRange(min=0),
-              help="Training pods at a time (0: unbounded); fixed at compile time.")
-def compile_pipeline(out: str | None, parallelism: int) -> None:
-    """Compile the Kubeflow pipeline to KFP IR YAML (what `acgan submit` sends).
-
-    \b
-    Examples:
-      acgan compile                                  # refresh pipelines/acgan.yaml
-      acgan compile --parallelism 100 --out acgan-100.yaml
-    """
-    kf = _kubeflow()
-    path = kf.acgan.compile_pipeline(out or kf.acgan.DEFAULT_YAML, parallelism)
-    click.echo(f"compiled -> {path} (parallelism {parallelism or 'unbounded'})")
-
-
-@cli.command()
-@click.option("--endpoint", required=True, help="KFP API URL, e.g. http://localhost:8080")
-@click.option("--param", "params", multiple=True, metavar="NAME=VALUE",
-              help="Pipeline parameter (repeatable); checked before anything is sent.")
-@click.option("-f", "--file", "package", default=None, type=click.Path(dir_okay=False),
-              help="Compiled pipeline  [default: pipelines/acgan.yaml in the checkout]")
-@click.option("-e", "--experiment", default="acgan", help="KFP experiment.")
-@click.option("--run-name", default=None, help="KFP run name  [default: KFP's]")
-@click.option("--namespace", default=None, help="Kubeflow profile (multi-user clusters).")
-@click.option("--dry-run", is_flag=True, help="Only check the parameters; contact nothing.")
-def submit(endpoint: str, params: tuple[str, ...], package: str | None, experiment: str,
-           run_name: str | None, namespace: str | None, dry_run: bool) -> None:
-    """Run the pipeline on a Kubeflow cluster, checking every parameter offline first.
-
-    Unknown names, wrong types and values the config rejects stop here with one line, and
-    nothing is submitted. Same as `kfp --endpoint URL run create -e acgan -f
-    pipelines/acgan.yaml NAME=VALUE ...` (`kfp run submit`: its deprecated alias).
-
-    \b
-    Examples:
-      acgan submit --endpoint http://localhost:8080 --param steps=2000
-      acgan submit --endpoint $KFP --param source=cifar10 --param classes_per_split=10 \\
-          --param overrides='["data.download=true"]'
-    """
-    kf = _kubeflow()
-    package = package or str(kf.acgan.DEFAULT_YAML)
-    parsed = kf.submit.parse_params(params)
-    if dry_run:
-        echo_json(kf.submit.validate(parsed, package))
-        click.echo(f"parameters OK for {package}; nothing submitted (--dry-run)")
 @cli.command()
 @with_config
 @click.option(
@@ -571,6 +503,75 @@ def generate(
         f"{res.source} -> {res.out_dir}" + (f" (grid {res.grid})" if res.grid else "")
     )
 
+
+# --- kubeflow commands (compile, submit) ---
+
+
+def _kubeflow() -> Any:
+    """``pipelines/`` sits beside ``src/`` in the checkout (the package is installed editable
+    from it) and is not part of the core: put it on the path, wherever the CLI runs from."""
+    root = Path(__file__).resolve().parents[2]
+    if not (root / "pipelines" / "acgan.py").is_file():
+        raise AcganError(
+            "acgan compile/submit need the repository checkout (pipelines/); "
+            "run them from a clone installed with `pip install -e .`"
+        )
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    import pipelines.acgan
+    import pipelines.submit
+
+    return pipelines
+
+
+@cli.command("compile")
+@click.option("--out", default=None, type=click.Path(dir_okay=False),
+              help="Output YAML  [default: pipelines/acgan.yaml in the checkout]")
+@click.option("--parallelism", default=8, type=click.IntRange(min=0),
+              help="Training pods at a time (0: unbounded); fixed at compile time.")
+def compile_pipeline(out: str | None, parallelism: int) -> None:
+    """Compile the Kubeflow pipeline to KFP IR YAML (what `acgan submit` sends).
+
+    \b
+    Examples:
+      acgan compile                                  # refresh pipelines/acgan.yaml
+      acgan compile --parallelism 100 --out acgan-100.yaml
+    """
+    kf = _kubeflow()
+    path = kf.acgan.compile_pipeline(out or kf.acgan.DEFAULT_YAML, parallelism)
+    click.echo(f"compiled -> {path} (parallelism {parallelism or 'unbounded'})")
+
+
+@cli.command()
+@click.option("--endpoint", required=True, help="KFP API URL, e.g. http://localhost:8080")
+@click.option("--param", "params", multiple=True, metavar="NAME=VALUE",
+              help="Pipeline parameter (repeatable); checked before anything is sent.")
+@click.option("-f", "--file", "package", default=None, type=click.Path(dir_okay=False),
+              help="Compiled pipeline  [default: pipelines/acgan.yaml in the checkout]")
+@click.option("-e", "--experiment", default="acgan", help="KFP experiment.")
+@click.option("--run-name", default=None, help="KFP run name  [default: KFP's]")
+@click.option("--namespace", default=None, help="Kubeflow profile (multi-user clusters).")
+@click.option("--dry-run", is_flag=True, help="Only check the parameters; contact nothing.")
+def submit(endpoint: str, params: tuple[str, ...], package: str | None, experiment: str,
+           run_name: str | None, namespace: str | None, dry_run: bool) -> None:
+    """Run the pipeline on a Kubeflow cluster, checking every parameter offline first.
+
+    Unknown names, wrong types and values the config rejects stop here with one line, and
+    nothing is submitted. Same as `kfp --endpoint URL run create -e acgan -f
+    pipelines/acgan.yaml NAME=VALUE ...` (`kfp run submit`: its deprecated alias).
+
+    \b
+    Examples:
+      acgan submit --endpoint http://localhost:8080 --param steps=2000
+      acgan submit --endpoint $KFP --param source=cifar10 --param classes_per_split=10 \\
+          --param overrides='["data.download=true"]'
+    """
+    kf = _kubeflow()
+    package = package or str(kf.acgan.DEFAULT_YAML)
+    parsed = kf.submit.parse_params(params)
+    if dry_run:
+        echo_json(kf.submit.validate(parsed, package))
+        click.echo(f"parameters OK for {package}; nothing submitted (--dry-run)")
 
         return
     res = kf.submit.submit(endpoint, parsed, package, experiment, run_name, namespace)
