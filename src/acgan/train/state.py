@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.optim.adam import adam
 
 from acgan.config import Config
 from acgan.errors import CheckpointError, ConfigError
@@ -127,6 +128,47 @@ def make_adam(params: Any, cfg: Config, device: torch.device, lr: float) -> torc
         return torch.optim.Adam(params, fused=True, **kwargs)
     except (RuntimeError, TypeError):
         return torch.optim.Adam(params, foreach=True, **kwargs)
+
+
+_ADAM_KEYS = ("lr", "betas", "eps", "weight_decay", "amsgrad", "maximize", "foreach", "fused",
+              "capturable", "differentiable", "decoupled_weight_decay")  # fmt: skip
+
+
+@torch.no_grad()
+def step_adams(opts: Sequence[torch.optim.Optimizer]) -> None:
+    """``opt.step()`` for several Adam optimizers (a pack's splits), in one functional call per
+    distinct setting instead of one call per split: the per-call Python overhead is what a
+    GPU step of these small models waits for. The same kernels on the same tensors as each
+    ``step()``; optimizers that are not plain Adam are stepped one by one."""
+    batches: dict[tuple[Any, ...], tuple[list[list[torch.Tensor]], dict[str, Any]]] = {}
+    for opt in opts:
+        hooked = opt._optimizer_step_pre_hooks or opt._optimizer_step_post_hooks
+        if type(opt) is not torch.optim.Adam or hooked or getattr(opt, "grad_scale", None):
+            opt.step()
+            continue
+        for group in opt.param_groups:
+            key = tuple(str(group.get(k)) for k in _ADAM_KEYS)
+            lists, flags = batches.setdefault(key, ([[] for _ in range(6)], {"group": group}))
+            # Adam.step's own lazy state initialisation, into the optimizer's own state.
+            flags["complex"] = opt._init_group(group, *lists) or flags.get("complex", False)
+    for lists, flags in batches.values():
+        g = flags["group"]
+        adam(
+            *lists,
+            foreach=g["foreach"],
+            capturable=g["capturable"],
+            differentiable=g["differentiable"],
+            fused=g["fused"],
+            has_complex=flags["complex"],
+            decoupled_weight_decay=g.get("decoupled_weight_decay", False),
+            amsgrad=g["amsgrad"],
+            beta1=g["betas"][0],
+            beta2=g["betas"][1],
+            lr=g["lr"],
+            weight_decay=g["weight_decay"],
+            eps=g["eps"],
+            maximize=g["maximize"],
+        )
 
 
 @dataclass
