@@ -282,9 +282,10 @@ def train_pack(
                                 acc=f"{last['d_acc_real']:.2f}",
                             )
                         bar.update(len(active))
+                        term = sig["term"]  # read once: every split checkpoints, or none
                         for m in active:
-                            _after_step(cfg, m, hooks, sig["term"])
-                        if sig["term"]:
+                            _after_step(cfg, m, hooks, term)
+                        if term:
                             raise KeyboardInterrupt("SIGTERM: checkpoints saved, exiting")
                 finally:
                     nets.close()
