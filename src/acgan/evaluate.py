@@ -275,29 +275,33 @@ def evaluate(
             "real_accuracy": info.get("real_accuracy"),
         },
     }
-    with checkpoint.atomic_dir(out_dir) as tmp:
-        checkpoint.atomic_write_json(tmp / "metrics.json", metrics)
-        checkpoint.atomic_write_json(tmp / "gate.json", gate)
-        write_plots(tmp / "plots", figs, data, images)
-        report = render_report(metrics, gate, protocols, inputs, tmp / "plots", run.run_id)
-        (tmp / "report.html").write_text(report, encoding="utf-8")
-        lap("report")
-        write_stage_config(
-            tmp,
-            cfg,
-            "evaluate",
-            manifest.content_hash,
-            protocols=protocols,
-            inputs=inputs,
-            run_id=run.run_id,
-            timings_s={k: round(v, 3) for k, v in timings.items()},
-        )
-    run.log_metrics(_flat("", metrics))
-    run.log_artifact(out_dir / "plots", "evaluate/plots")
-    for name in ("metrics.json", "gate.json", "report.html", "config.json"):
-        run.log_artifact(out_dir / name, "evaluate")
-    run.set_tags({"acgan.gate": "passed" if gate["passed"] else "failed"})
-    run.end("FINISHED")
+    try:
+        with checkpoint.atomic_dir(out_dir) as tmp:
+            checkpoint.atomic_write_json(tmp / "metrics.json", metrics)
+            checkpoint.atomic_write_json(tmp / "gate.json", gate)
+            write_plots(tmp / "plots", figs, data, images)
+            report = render_report(metrics, gate, protocols, inputs, tmp / "plots", run.run_id)
+            (tmp / "report.html").write_text(report, encoding="utf-8")
+            lap("report")
+            write_stage_config(
+                tmp,
+                cfg,
+                "evaluate",
+                manifest.content_hash,
+                protocols=protocols,
+                inputs=inputs,
+                run_id=run.run_id,
+                timings_s={k: round(v, 3) for k, v in timings.items()},
+            )
+        run.log_metrics(_flat("", metrics))
+        run.log_artifact(out_dir / "plots", "evaluate/plots")
+        for name in ("metrics.json", "gate.json", "report.html", "config.json"):
+            run.log_artifact(out_dir / name, "evaluate")
+        run.set_tags({"acgan.gate": "passed" if gate["passed"] else "failed"})
+        run.end("FINISHED")
+    except BaseException as exc:  # the run must not stay RUNNING in MLflow
+        run.end("FAILED" if isinstance(exc, Exception) else "KILLED")
+        raise
     lap("mlflow")
     return EvalResult(out_dir, metrics, gate, out_dir / "report.html", run.run_id, timings)
 

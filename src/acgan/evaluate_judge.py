@@ -115,18 +115,22 @@ def train_judge(
         tags={STAGE_TAG: "judge", "acgan.judge_key": key},
         params={f"eval.{k}": getattr(e, k) for k in JUDGE_KEYS},
     )
-    history = fit_judge(
-        judge,
-        data.images[~hold],
-        data.labels[~hold],
-        e.judge_epochs,
-        e.judge_seed,
-        holdout=(data.images[hold], data.labels[hold]),
-        progress=progress,
-        on_epoch=lambda row: run.log_metrics(
-            {k: v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"])
-        ),
-    )
+    try:
+        history = fit_judge(
+            judge,
+            data.images[~hold],
+            data.labels[~hold],
+            e.judge_epochs,
+            e.judge_seed,
+            holdout=(data.images[hold], data.labels[hold]),
+            progress=progress,
+            on_epoch=lambda row: run.log_metrics(
+                {k: v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"])
+            ),
+        )
+    except BaseException as exc:  # the run must not stay RUNNING in MLflow
+        run.end("FAILED" if isinstance(exc, Exception) else "KILLED")
+        raise
     logits = judge.embed(data.images[hold], e.batch_size).logits
     y = data.labels[hold]
     per_class = {
