@@ -34,6 +34,11 @@ def _load_config(params: str, overrides: tuple[str, ...]) -> config_mod.Config:
     return cfg
 
 
+def dir_option(*names: str, default: str | None, help: str) -> Callable[..., Any]:
+    """A directory option (``--out``, ``--data``, ...) with its default shown in ``--help``."""
+    return click.option(*names, default=default, type=click.Path(file_okay=False), help=help)
+
+
 def with_config(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Adds ``--params FILE`` and repeatable ``--set section.key=value``; passes ``cfg``."""
 
@@ -95,11 +100,8 @@ def cli(verbose: bool) -> None:
 
 @cli.command()
 @with_config
-@click.option(
-    "--out",
-    default="data/ingested",
-    type=click.Path(file_okay=False),
-    help="Directory for the Parquet shards and manifest.json.",
+@dir_option(
+    "--out", default="data/ingested", help="Directory for the Parquet shards and manifest.json."
 )
 def ingest(cfg: config_mod.Config, out: str) -> None:
     """Read the configured source into Parquet shards of PNG bytes + manifest.json.
@@ -121,17 +123,9 @@ def ingest(cfg: config_mod.Config, out: str) -> None:
 
 @cli.command()
 @with_config
-@click.option(
-    "--data",
-    default="data/ingested",
-    type=click.Path(file_okay=False),
-    help="Output of `acgan ingest`.",
-)
-@click.option(
-    "--out",
-    default="data/splits",
-    type=click.Path(file_okay=False),
-    help="Directory for splits.json and each split's shards.",
+@dir_option("--data", default="data/ingested", help="Output of `acgan ingest`.")
+@dir_option(
+    "--out", default="data/splits", help="Directory for splits.json and each split's shards."
 )
 def split(cfg: config_mod.Config, data: str, out: str) -> None:
     """Group the classes into splits (one AC-GAN each) and measure real-image MS-SSIM.
@@ -159,28 +153,14 @@ def split(cfg: config_mod.Config, data: str, out: str) -> None:
     type=click.IntRange(min=0),
     help="Split id from splits.json; repeat it to train several splits in this process.",
 )
-@click.option(
-    "--splits",
-    default="data/splits",
-    type=click.Path(file_okay=False),
-    help="Output of `acgan split`.",
+@dir_option("--splits", default="data/splits", help="Output of `acgan split`.")
+@dir_option(
+    "--out", default=None, help="Output directory of a single split  [default: <models>/split_<ID>]"
 )
-@click.option(
-    "--out",
-    default=None,
-    type=click.Path(file_okay=False),
-    help="Output directory of a single split  [default: <models>/split_<ID>]",
-)
-@click.option(
-    "--models",
-    default="models",
-    type=click.Path(file_okay=False),
-    help="Root of the split outputs: <models>/split_<ID>.",
-)
-@click.option(
+@dir_option("--models", default="models", help="Root of the split outputs: <models>/split_<ID>.")
+@dir_option(
     "--checkpoints",
     default="checkpoints",
-    type=click.Path(file_okay=False),
     help="Checkpoint root; a restarted run resumes from here.",
 )
 @click.option("--parent-run-id", default=None, help="MLflow parent run (KFP passes it).")
@@ -235,28 +215,20 @@ def train(
 
 @cli.command()
 @with_config
-@click.option(
+@dir_option(
     "--splits",
     default="data/splits",
-    type=click.Path(file_okay=False),
     help="Output of `acgan split` (the real-image MS-SSIM references).",
 )
-@click.option(
-    "--models",
-    default="models",
-    type=click.Path(file_okay=False),
-    help="Root of the training outputs (models/split_<ID>).",
-)
-@click.option(
+@dir_option("--models", default="models", help="Root of the training outputs (models/split_<ID>).")
+@dir_option(
     "--out",
     default="reports/monitor",
-    type=click.Path(file_okay=False),
     help="Directory for monitor.json, ensemble.json, plots/ and report.html.",
 )
-@click.option(
+@dir_option(
     "--checkpoints",
     default="checkpoints",
-    type=click.Path(file_okay=False),
     help="Checkpoint root used when a collapsed split is retrained.",
 )
 @click.option("--parent-run-id", default=None, help="MLflow parent run (KFP passes it).")
@@ -303,18 +275,12 @@ def monitor(
 
 @cli.command()
 @with_config
-@click.option(
+@dir_option(
     "--data",
     default="data/ingested",
-    type=click.Path(file_okay=False),
     help="Output of `acgan ingest` (the judge learns the real images).",
 )
-@click.option(
-    "--out",
-    default="judge",
-    type=click.Path(file_okay=False),
-    help="Directory for judge.pt, judge.json, training.png.",
-)
+@dir_option("--out", default="judge", help="Directory for judge.pt, judge.json, training.png.")
 @click.option("--parent-run-id", default=None, help="MLflow parent run (KFP passes it).")
 def judge(cfg: config_mod.Config, data: str, out: str, parent_run_id: str | None) -> None:
     """Train the evaluation's judge classifier on the real data (cached by data hash).
@@ -328,26 +294,52 @@ def judge(cfg: config_mod.Config, data: str, out: str, parent_run_id: str | None
 
     res = train_judge(cfg, Path(data), Path(out), make_tracker(cfg), parent_run_id=parent_run_id)
     how = "cached, same data and settings" if res.cached else f"MLflow run {res.run_id}"
-    click.echo(
-        f"{res.kind} judge: held-out real accuracy {res.real_accuracy:.3f} -> {out} [{how}]"
-    )
+    click.echo(f"{res.kind} judge: held-out real accuracy {res.real_accuracy:.3f} -> {out} [{how}]")
 
 
 @cli.command("evaluate")
 @with_config
-@click.option("--data", default="data/ingested", type=click.Path(file_okay=False),
-              help="Output of `acgan ingest`.")
-@click.option("--splits", default="data/splits", type=click.Path(file_okay=False),
-              help="Output of `acgan split`.")
-@click.option("--ensemble", default="reports/monitor/ensemble.json", type=click.Path(),
-              help="Ensemble manifest written by `acgan monitor`.")
-@click.option("--judge", "judge_dir", default="judge", type=click.Path(file_okay=False),
-              help="Output of `acgan judge`.")
-@click.option("--out", default="reports/eval", type=click.Path(file_okay=False),
-              help="Directory for metrics.json, gate.json, report.html, plots/.")
+@click.option(
+    "--data",
+    default="data/ingested",
+    type=click.Path(file_okay=False),
+    help="Output of `acgan ingest`.",
+)
+@click.option(
+    "--splits",
+    default="data/splits",
+    type=click.Path(file_okay=False),
+    help="Output of `acgan split`.",
+)
+@click.option(
+    "--ensemble",
+    default="reports/monitor/ensemble.json",
+    type=click.Path(),
+    help="Ensemble manifest written by `acgan monitor`.",
+)
+@click.option(
+    "--judge",
+    "judge_dir",
+    default="judge",
+    type=click.Path(file_okay=False),
+    help="Output of `acgan judge`.",
+)
+@click.option(
+    "--out",
+    default="reports/eval",
+    type=click.Path(file_okay=False),
+    help="Directory for metrics.json, gate.json, report.html, plots/.",
+)
 @click.option("--parent-run-id", default=None, help="MLflow parent run (KFP passes it).")
-def evaluate_cmd(cfg: config_mod.Config, data: str, splits: str, ensemble: str,
-                 judge_dir: str, out: str, parent_run_id: str | None) -> None:
+def evaluate_cmd(
+    cfg: config_mod.Config,
+    data: str,
+    splits: str,
+    ensemble: str,
+    judge_dir: str,
+    out: str,
+    parent_run_id: str | None,
+) -> None:
     """Judge the ensemble: accuracy, MS-SSIM diversity, IS, FID, resolution, memorisation.
 
     \b
@@ -357,8 +349,16 @@ def evaluate_cmd(cfg: config_mod.Config, data: str, splits: str, ensemble: str,
     """
     from acgan.evaluate import evaluate
 
-    res = evaluate(cfg, Path(data), Path(splits), Path(ensemble), Path(judge_dir), Path(out),
-                   make_tracker(cfg), parent_run_id=parent_run_id)
+    res = evaluate(
+        cfg,
+        Path(data),
+        Path(splits),
+        Path(ensemble),
+        Path(judge_dir),
+        Path(out),
+        make_tracker(cfg),
+        parent_run_id=parent_run_id,
+    )
     m = res.metrics
     click.echo(
         f"judge accuracy {m['judge_accuracy']:.3f} (real {m['real_judge_accuracy']:.3f}), "
@@ -380,30 +380,22 @@ def evaluate_cmd(cfg: config_mod.Config, data: str, splits: str, ensemble: str,
     type=click.Path(),
     help="Ensemble manifest (which split directories form the ensemble).",
 )
-@click.option(
+@dir_option(
     "--data",
     default="data/ingested",
-    type=click.Path(file_okay=False),
     help="Output of `acgan ingest` (its content hash tags the version).",
 )
-@click.option(
-    "--monitor",
-    default="reports/monitor",
-    type=click.Path(file_okay=False),
-    help="Monitor report (per-split health); optional.",
+@dir_option(
+    "--monitor", default="reports/monitor", help="Monitor report (per-split health); optional."
 )
-@click.option(
+@dir_option(
     "--eval",
     "eval_dir",
     default="reports/eval",
-    type=click.Path(file_okay=False),
     help="metrics.json + gate.json of `acgan evaluate`; optional.",
 )
-@click.option(
-    "--out",
-    default="reports/register",
-    type=click.Path(file_okay=False),
-    help="Directory for registration.json and samples.png.",
+@dir_option(
+    "--out", default="reports/register", help="Directory for registration.json and samples.png."
 )
 @click.option("--parent-run-id", default=None, help="MLflow parent run (KFP passes it).")
 def register(
@@ -454,12 +446,7 @@ def register(
     "--classes", default=None, help="Comma-separated class indices or names [default: all]."
 )
 @click.option("--n", default=64, type=click.IntRange(1, 100_000), help="Images per class.")
-@click.option(
-    "--out",
-    default="generated",
-    type=click.Path(file_okay=False),
-    help="Writes OUT/<class name>/<index>.png.",
-)
+@dir_option("--out", default="generated", help="Writes OUT/<class name>/<index>.png.")
 @click.option("--seed", default=0, type=click.IntRange(min=0), help="Same seed, same images.")
 @click.option(
     "--grid",
@@ -525,10 +512,18 @@ def _kubeflow() -> Any:
 
 
 @cli.command("compile")
-@click.option("--out", default=None, type=click.Path(dir_okay=False),
-              help="Output YAML  [default: pipelines/acgan.yaml in the checkout]")
-@click.option("--parallelism", default=8, type=click.IntRange(min=0),
-              help="Training pods at a time (0: unbounded); fixed at compile time.")
+@click.option(
+    "--out",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="Output YAML  [default: pipelines/acgan.yaml in the checkout]",
+)
+@click.option(
+    "--parallelism",
+    default=8,
+    type=click.IntRange(min=0),
+    help="Training pods at a time (0: unbounded); fixed at compile time.",
+)
 def compile_pipeline(out: str | None, parallelism: int) -> None:
     """Compile the Kubeflow pipeline to KFP IR YAML (what `acgan submit` sends).
 
@@ -544,16 +539,34 @@ def compile_pipeline(out: str | None, parallelism: int) -> None:
 
 @cli.command()
 @click.option("--endpoint", required=True, help="KFP API URL, e.g. http://localhost:8080")
-@click.option("--param", "params", multiple=True, metavar="NAME=VALUE",
-              help="Pipeline parameter (repeatable); checked before anything is sent.")
-@click.option("-f", "--file", "package", default=None, type=click.Path(dir_okay=False),
-              help="Compiled pipeline  [default: pipelines/acgan.yaml in the checkout]")
+@click.option(
+    "--param",
+    "params",
+    multiple=True,
+    metavar="NAME=VALUE",
+    help="Pipeline parameter (repeatable); checked before anything is sent.",
+)
+@click.option(
+    "-f",
+    "--file",
+    "package",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="Compiled pipeline  [default: pipelines/acgan.yaml in the checkout]",
+)
 @click.option("-e", "--experiment", default="acgan", help="KFP experiment.")
 @click.option("--run-name", default=None, help="KFP run name  [default: KFP's]")
 @click.option("--namespace", default=None, help="Kubeflow profile (multi-user clusters).")
 @click.option("--dry-run", is_flag=True, help="Only check the parameters; contact nothing.")
-def submit(endpoint: str, params: tuple[str, ...], package: str | None, experiment: str,
-           run_name: str | None, namespace: str | None, dry_run: bool) -> None:
+def submit(
+    endpoint: str,
+    params: tuple[str, ...],
+    package: str | None,
+    experiment: str,
+    run_name: str | None,
+    namespace: str | None,
+    dry_run: bool,
+) -> None:
     """Run the pipeline on a Kubeflow cluster, checking every parameter offline first.
 
     Unknown names, wrong types and values the config rejects stop here with one line, and
@@ -572,7 +585,6 @@ def submit(endpoint: str, params: tuple[str, ...], package: str | None, experime
     if dry_run:
         echo_json(kf.submit.validate(parsed, package))
         click.echo(f"parameters OK for {package}; nothing submitted (--dry-run)")
-
         return
     res = kf.submit.submit(endpoint, parsed, package, experiment, run_name, namespace)
     click.echo(f"submitted run {res.run_id} -> {res.url}")

@@ -158,6 +158,12 @@ class RegistryConfig:
         "judge_accuracy", "figure of reports/eval/metrics.json that decides the champion"
     )
     greater_is_better: bool = _f(True, "direction of the primary figure")
+    retries: int = _f(
+        4, "attempts per registry call (server / S3 hiccups) before a clean failure", min=1, max=20
+    )
+    retry_backoff_s: float = _f(
+        1.0, "delay before the first retry, doubled at each further one", min=0.0, max=60.0
+    )
 
 
 @dataclass(frozen=True)
@@ -167,12 +173,6 @@ class TrackingConfig:
     experiment: str = _f("acgan", "MLflow experiment name")
 
 
-    retries: int = _f(
-        4, "attempts per registry call (server / S3 hiccups) before a clean failure", min=1, max=20
-    )
-    retry_backoff_s: float = _f(
-        1.0, "delay before the first retry, doubled at each further one", min=0.0, max=60.0
-    )
 @dataclass(frozen=True)
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
