@@ -12,6 +12,7 @@ No EMA, no checkpoints, no tracking: everything it does, the project's trainer d
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -45,17 +46,17 @@ def export_imagefolder(split_dir: Path, out: Path) -> Path:
     return out
 
 
-def run_reference(
+def training_steps(
     root: Path,
     device: torch.device,
     batch_size: int,
-    warmup: int,
-    steps: int,
     workers: int = 0,
     latent_dim: int = 100,
     seed: int = 0,
-) -> dict[str, Any]:
-    """Train ``warmup + steps`` steps; time the last ``steps``. Returns images/s and losses."""
+) -> Iterator[tuple[float, float, float]]:
+    """The script's training loop, yielding after each step (its printed figures: D loss,
+    G loss, D's class accuracy on the real batch), so a benchmark can run it for as many steps
+    as it likes, or interleave it with another loop."""
     torch.manual_seed(seed)
     np.random.seed(seed)
     transform = transforms.Compose(
@@ -72,8 +73,7 @@ def run_reference(
     opt_D = torch.optim.Adam(D.parameters(), lr=2e-4, betas=(0.5, 0.999))
     adversarial, auxiliary = nn.BCEWithLogitsLoss(), nn.CrossEntropyLoss()
 
-    step, t0, losses = 0, 0.0, []
-    while step < warmup + steps:
+    while True:
         for imgs, labels in loader:
             real = imgs.to(device)
             labels = labels.to(device)
@@ -104,16 +104,28 @@ def run_reference(
             opt_G.step()
 
             d_acc = (real_cls.argmax(1) == labels).float().mean().item()
-            losses.append((d_loss.item(), g_loss.item(), d_acc))  # the per-step print's figures
-            step += 1
-            if step == warmup:
-                t0 = time.perf_counter()  # .item() above already waited for the device
-            if step == warmup + steps:
-                break
+            yield d_loss.item(), g_loss.item(), d_acc  # the per-step print's figures
+
+
+def run_reference(
+    root: Path,
+    device: torch.device,
+    batch_size: int,
+    warmup: int,
+    steps: int,
+    workers: int = 0,
+) -> dict[str, Any]:
+    """Train ``warmup + steps`` steps; time the last ``steps``. Returns images/s and losses."""
+    loop = training_steps(root, device, batch_size, workers)
+    for _ in range(warmup):
+        next(loop)
+    t0 = time.perf_counter()  # each step's .item() already waited for the device
+    for _ in range(steps):
+        last = next(loop)
     seconds = time.perf_counter() - t0
     return {
         "images_per_s": steps * batch_size / seconds,
         "seconds": seconds,
-        "last_loss_d": losses[-1][0],
-        "last_loss_g": losses[-1][1],
+        "last_loss_d": last[0],
+        "last_loss_g": last[1],
     }
