@@ -12,6 +12,7 @@ GPU, K = 10 packed within 2x one split's step time; on a CPU, no slower than one
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import tempfile
 import time
@@ -30,6 +31,7 @@ from benchmarks.common import (
     reset_peak,
     resolve_device,
     run_worker,
+    sync,
     table,
     worker_main,
 )
@@ -78,6 +80,48 @@ def _train(args: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _interleaved(args: dict[str, Any]) -> dict[str, Any]:
+    """One packed step of K splits, then K single-split steps (one per split), alternately in
+    one process: both see the same machine load. The trainer's own step functions; the loops
+    around them add nothing measurable (checked on this CPU)."""
+    from acgan.config import load
+    from acgan.train.loop import load_split_data, train_step
+    from acgan.train.packed import PackedNets, packed_step
+    from acgan.train.state import build_state, resolve_amp
+
+    device = resolve_device(args["device"])
+    cfg = load(None, [*args["overrides"], f"train.device={device.type}"])
+    amp = resolve_amp(cfg.train.amp, device)
+    b = cfg.train.batch_size
+    data = [load_split_data(Path(args["splits"]), sid, device)[1] for sid in args["ids"]]
+    single = [build_state(cfg, d.num_classes, device, 100 + i) for i, d in enumerate(data)]
+    nets = PackedNets([build_state(cfg, d.num_classes, device, i) for i, d in enumerate(data)])
+    packed_s, seq_s = [], []
+    for r in range(args["warmup"] + args["rounds"]):
+        sync(device)
+        t = time.perf_counter()
+        packed_step(nets, data, b, amp)
+        sync(device)
+        t1 = time.perf_counter()
+        for st, d in zip(single, data, strict=True):
+            train_step(st, d, b, amp)
+        sync(device)
+        t2 = time.perf_counter()
+        if r >= args["warmup"]:
+            packed_s.append(t1 - t)
+            seq_s.append(t2 - t1)
+    k = len(data)
+    return {
+        "packed_step_s": statistics.median(packed_s),
+        "single_step_s": statistics.median(seq_s) / k,
+        "speedup_median": statistics.median(s / p for s, p in zip(seq_s, packed_s, strict=True)),
+        "speedup_min": min(s / p for s, p in zip(seq_s, packed_s, strict=True)),
+        "speedup_max": max(s / p for s, p in zip(seq_s, packed_s, strict=True)),
+        "packed_images_per_s": k * b * len(packed_s) / sum(packed_s),
+        "sequential_images_per_s": k * b * len(seq_s) / sum(seq_s),
+    }
+
+
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     p = argparse.ArgumentParser(prog=f"python -m {MODULE}", description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="K=3, few steps, one repeat")
@@ -86,10 +130,18 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     p.add_argument("--steps", type=int, default=None, help="timed steps (default 20; quick 2)")
     p.add_argument("--warmup", type=int, default=None, help="untimed steps (default 3; quick 1)")
     p.add_argument("--repeats", type=int, default=None, help="runs per variant (default 2; 1)")
+    p.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 8; 2)")
+    p.add_argument(
+        "--mode",
+        choices=("both", "interleaved", "processes"),
+        default="both",
+        help="interleaved steps in one process, whole trainings in their own processes, or both",
+    )
     p.add_argument("--work", type=Path, default=default_work(), help="data cache directory")
     a = p.parse_args(argv)
     device = resolve_device(a.device)
     k = a.k or (3 if a.quick else 10)
+    rounds = a.rounds or (2 if a.quick else 8)
     steps = a.steps or (2 if a.quick else 20)
     warmup = a.warmup or (1 if a.quick else 3)
     repeats = a.repeats or (1 if a.quick else 2)
@@ -110,42 +162,75 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     def job(ids_: list[int], pack: int) -> dict[str, Any]:
         return run_worker(MODULE, "train", {**common, "ids": ids_, "pack": pack})
 
-    variants = [
-        ("1 split alone", lambda: job([0], 1)),
-        (f"{k} splits one after another (pack 1)", lambda: job(ids, 1)),
-        (f"{k} splits packed (pack {k})", lambda: job(ids, k)),
-    ]
-    print(f"packed trainer: {len(variants)} variants x {repeats} runs ...", file=sys.stderr)
-    results = alternate(variants, repeats)
-    med = {n: {key: median(r, key) for key in r[0]} for n, r in results.items()}
-    one, seq, packed = (med[n] for n, _ in variants)
-    rows = [[n, m["images_per_s"], m["step_s"], m["wall_s"], m["peak_mib"]] for n, m in med.items()]
+    out: list[dict[str, Any]] = []
     mem_kind = "GPU max allocated" if device.type == "cuda" else "peak RSS"
-    print(
-        table(
-            f"Packed ensemble trainer: {k} splits, 32x32, batch {cfg.train.batch_size} per split, "
-            f"{device.type} - {machine(device)}\nmedian of {repeats} run(s), {steps} timed steps "
-            f"after {warmup} warm-up; wall = whole call incl. setup and outputs; "
-            f"load average {load_average()}",
-            ["variant", "images/s", "s/step", "wall s", f"{mem_kind} MiB"],
-            rows,
-        ),
-        flush=True,
-    )
-    summary = {
-        "packed_vs_sequential_images_per_s": packed["images_per_s"] / seq["images_per_s"],
-        "packed_step_vs_one_split_step": packed["step_s"] / one["step_s"],
-        "packed_wall_vs_sequential_wall": packed["wall_s"] / seq["wall_s"],
-    }
-    print(
-        f"\npacked / one after another: {summary['packed_vs_sequential_images_per_s']:.2f}x "
-        f"images/s, {summary['packed_wall_vs_sequential_wall']:.2f}x wall time; a packed step "
-        f"of {k} splits takes {summary['packed_step_vs_one_split_step']:.2f}x one split's step",
-        flush=True,
-    )
-    return [{"variant": n, **m} for n, m in med.items()] + [summary]
+    if a.mode in ("both", "processes"):
+        variants = [
+            ("1 split alone", lambda: job([0], 1)),
+            (f"{k} splits one after another (pack 1)", lambda: job(ids, 1)),
+            (f"{k} splits packed (pack {k})", lambda: job(ids, k)),
+        ]
+        print(f"packed trainer: {len(variants)} variants x {repeats} runs ...", file=sys.stderr)
+        results = alternate(variants, repeats)
+        med = {n: {key: median(r, key) for key in r[0]} for n, r in results.items()}
+        one, seq, packed = (med[n] for n, _ in variants)
+        rows = [
+            [n, m["images_per_s"], m["step_s"], m["wall_s"], m["peak_mib"]] for n, m in med.items()
+        ]
+        print(
+            table(
+                f"Packed ensemble trainer, whole trainings in their own processes: {k} splits, "
+                f"32x32, batch {cfg.train.batch_size} per split, {device.type} - "
+                f"{machine(device)}\nmedian of {repeats} run(s), {steps} timed steps after "
+                f"{warmup} warm-up; wall = whole call incl. setup and outputs; "
+                f"load average {load_average()}",
+                ["variant", "images/s", "s/step", "wall s", f"{mem_kind} MiB"],
+                rows,
+            ),
+            flush=True,
+        )
+        summary = {
+            "packed_vs_sequential_images_per_s": packed["images_per_s"] / seq["images_per_s"],
+            "packed_step_vs_one_split_step": packed["step_s"] / one["step_s"],
+            "packed_wall_vs_sequential_wall": packed["wall_s"] / seq["wall_s"],
+        }
+        print(
+            f"\npacked / one after another: {summary['packed_vs_sequential_images_per_s']:.2f}x "
+            f"images/s, {summary['packed_wall_vs_sequential_wall']:.2f}x wall time; a packed "
+            f"step of {k} splits takes {summary['packed_step_vs_one_split_step']:.2f}x one "
+            "split's step",
+            flush=True,
+        )
+        out += [{"variant": n, **m} for n, m in med.items()] + [summary]
+    if a.mode in ("both", "interleaved"):
+        print(f"  interleaved: {rounds} rounds ...", file=sys.stderr, flush=True)
+        r = run_worker(MODULE, "interleaved", {**common, "ids": ids, "rounds": rounds, "warmup": 1})
+        rows = [
+            [f"{k} single-split steps, one per split", r["sequential_images_per_s"],
+             k * r["single_step_s"], "1.00x"],
+            [f"one packed step of {k} splits", r["packed_images_per_s"], r["packed_step_s"],
+             f"{r['speedup_median']:.2f}x ({r['speedup_min']:.2f}-{r['speedup_max']:.2f})"],
+        ]  # fmt: skip
+        print(
+            table(
+                f"Packed vs one after another, interleaved step by step in one process: "
+                f"{k} splits, batch {cfg.train.batch_size} per split, {device.type} - "
+                f"{machine(device)}\n{rounds} rounds (median speed-up, range); load average "
+                f"{load_average()}",
+                ["variant", "images/s", "s per round", "speed-up"],
+                rows,
+            ),
+            flush=True,
+        )
+        print(
+            f"\na packed step of {k} splits takes "
+            f"{r['packed_step_s'] / r['single_step_s']:.2f}x one split's step",
+            flush=True,
+        )
+        out.append({"interleaved": r})
+    return out
 
 
 if __name__ == "__main__":
-    if not worker_main({"train": _train}):
+    if not worker_main({"train": _train, "interleaved": _interleaved}):
         main(sys.argv[1:])

@@ -43,8 +43,9 @@ class Runs:
     splits: Path
     single: Path  # <single>/split_<id>: one split per call, as `dvc repro` runs them
     single_ck: Path
-    packed: Path  # <packed>/split_<id>: train_splits with train.pack=2
+    packed: Path  # <packed>/split_<id>: train_splits with train.pack=2, the batched model
     packed_ck: Path
+    stepwise_ck: Path  # the same pack stepped split by split (a CPU's default)
 
 
 @pytest.fixture(scope="module")
@@ -58,11 +59,16 @@ def runs(synthetic_splits: Path, tmp_path_factory: pytest.TempPathFactory) -> Ru
         )  # fmt: skip
     packed_cfg = load(None, [*SMALL_OVERRIDES, *PACK_TRAIN, "train.pack=2"])
     results = train_splits(
-        packed_cfg, [0, 1], synthetic_splits, root / "packed", root / "ck_packed", progress=False
-    )
+        packed_cfg, [0, 1], synthetic_splits, root / "packed", root / "ck_packed",
+        progress=False, batched=True,
+    )  # fmt: skip
     assert [r.split_id for r in results] == [0, 1]
+    train_splits(
+        packed_cfg, [0, 1], synthetic_splits, root / "stepwise", root / "ck_stepwise",
+        progress=False, batched=False,
+    )  # fmt: skip
     return Runs(cfg, synthetic_splits, root / "single", root / "ck_single", root / "packed",
-                root / "ck_packed")  # fmt: skip
+                root / "ck_packed", root / "ck_stepwise")  # fmt: skip
 
 
 def _ckpt(ck_root: Path, sid: int, step: int) -> dict:
@@ -109,6 +115,29 @@ def test_packed_matches_single_split_trainer(runs: Runs, sid: int) -> None:
         for cls, v in x["values"].items():
             assert y["values"][cls] == pytest.approx(v, abs=0.02), cls
     assert [h["step"] for h in ha["history"]] == [h["step"] for h in hb["history"]]
+
+
+def test_stepwise_pack_is_the_single_split_trainer_bit_for_bit(runs: Runs) -> None:
+    """Stepped split by split (what a pack does on a CPU), each split draws from its own
+    streams and runs the single-split step: identical to training it alone."""
+    for sid in (0, 1):
+        a, b = _ckpt(runs.single_ck, sid, STEPS), _ckpt(runs.stepwise_ck, sid, STEPS)
+        for key in ("G", "D", "ema"):
+            flat_a, flat_b = _flat(a[key]), _flat(b[key])
+            assert flat_a.keys() == flat_b.keys()
+            for name, va in flat_a.items():
+                assert torch.equal(va, flat_b[name]), f"split {sid} {key} {name}"
+        assert torch.equal(a["rng"]["torch"], b["rng"]["torch"])
+
+
+def _flat(d: dict, prefix: str = "") -> dict[str, torch.Tensor]:
+    out: dict[str, torch.Tensor] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        elif isinstance(v, torch.Tensor):
+            out[f"{prefix}{k}"] = v
+    return out
 
 
 def test_train_splits_pack_writes_the_normal_outputs(runs: Runs) -> None:

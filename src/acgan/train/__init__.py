@@ -53,11 +53,13 @@ def train_splits(
     """Train a group of splits on this process's device into ``out_root/split_<id>``.
 
     One after another for ``train.pack: 1``; otherwise in packs of ``train.pack`` splits (in
-    the order given), each pack trained as one batched model (:mod:`acgan.train.packed`). Splits
-    of a pack with different class counts (an uneven last group) train as separate packs. The
+    the order given) stepped together in one loop: as one batched model on CUDA, split by split
+    on a CPU (``batched=`` overrides; see :func:`acgan.train.pack_loop.train_pack`). Splits of
+    a pack with different class counts (an uneven last group) train as separate packs. The
     keyword arguments (``parent_run_id``, ``attempt``, ``progress``, ``hooks``) apply to every
     split; the collapse monitor is attached as configured, as for a single split.
     """
+    batched = kwargs.pop("batched", None)  # packs only: see acgan.train.pack_loop.train_pack
     ids = [int(s) for s in split_ids]
     if len(set(ids)) != len(ids):
         raise ConfigError(f"split ids {ids}: each split can be trained once per call")
@@ -95,6 +97,7 @@ def train_splits(
                 checkpoint_root,
                 tracker,
                 hooks=hooks,
+                batched=batched,
                 **kwargs,
             )
     return results

@@ -38,7 +38,7 @@ from acgan.train.loop import (
     save_checkpoint,
     train_fingerprint,
 )
-from acgan.train.packed import PackedNets, packed_step
+from acgan.train.packed import PackedNets, packed_step, stepwise_step
 from acgan.train.state import (
     TrainState,
     build_state,
@@ -224,12 +224,18 @@ def train_pack(
     attempt: int = 0,
     progress: bool = True,
     hooks: Sequence[StepHook] = (),
+    batched: bool | None = None,
 ) -> list[TrainResult]:
     """Train (or resume) ``split_ids`` together on one device; split ``i`` writes
-    ``out_dirs[i]``. The splits must have the same number of classes (one model shape)."""
+    ``out_dirs[i]``. The splits must have the same number of classes (one model shape).
+
+    ``batched``: step the pack as one batched model (:class:`~acgan.train.packed.PackedNets`)
+    or split by split (:func:`~acgan.train.packed.stepwise_step`); default: batched on CUDA,
+    split by split on a CPU, where the batched model measured slower."""
     tracker = tracker or NullTracker()
     t = cfg.train
     device = resolve_device(t.device)
+    batched = device.type == "cuda" if batched is None else batched
     amp = resolve_amp(t.amp, device)
     members: list[_Member] = []
     parent = None
@@ -262,10 +268,14 @@ def train_pack(
         with _graceful_sigterm() as sig:
             active = [m for m in members if not m.done(t.steps)]
             while active:
-                nets = PackedNets([m.state for m in active])
+                states, data = [m.state for m in active], [m.data for m in active]
+                nets = PackedNets(states) if batched else None
                 try:
                     while all(not m.done(t.steps) for m in active):
-                        figures = packed_step(nets, [m.data for m in active], t.batch_size, amp)
+                        if nets is not None:
+                            figures = packed_step(nets, data, t.batch_size, amp)
+                        else:
+                            figures = stepwise_step(states, data, t.batch_size, amp)
                         torch._foreach_add_([m.acc for m in active], list(figures.unbind(0)))
                         due = []
                         for m in active:
@@ -288,7 +298,8 @@ def train_pack(
                         if term:
                             raise KeyboardInterrupt("SIGTERM: checkpoints saved, exiting")
                 finally:
-                    nets.close()
+                    if nets is not None:
+                        nets.close()
                 active = [m for m in active if not m.done(t.steps)]
         status = "FINISHED"
     except KeyboardInterrupt:
