@@ -1,5 +1,9 @@
-"""The packed ensemble trainer: K splits as one batched model vs the same K splits trained one
-after another (``train.pack: K`` vs ``train.pack: 1``), and one split alone.
+"""The packed ensemble trainer: K splits trained together in one process vs the same K splits
+one after another (``train.pack: K`` vs ``train.pack: 1``), and one split alone. A pack runs as
+one batched model on CUDA; on a CPU its splits train one after another in its process (the
+batched model measured slower there), so on a CPU the batched model gets its own row, and an
+interleaved measurement (one batched step of K splits, then K single-split steps, alternately
+in one process) compares the two step functions under the same machine load.
 
     python -m benchmarks.packed             # K = 10 (minutes on a CPU)
     python -m benchmarks.packed --quick     # K = 3, a few steps: a check of the harness
@@ -61,15 +65,16 @@ def _train(args: dict[str, Any]) -> dict[str, Any]:
         t = time.perf_counter()
         train_splits(
             cfg, args["ids"], Path(args["splits"]), Path(tmp) / "models", Path(tmp) / "ck",
-            hooks=[watch], progress=False,
+            hooks=[watch], progress=False, batched=args.get("batched"),
         )  # fmt: skip
         wall = time.perf_counter() - t
     # Steady-state time: one after another, the sum of each split's timed window; packed, the
-    # one window they share.
+    # window they share, from the first split's marks (its hooks run right after the pack's
+    # step, before any split's checkpoint at the last step).
     if args["pack"] == 1:
         steady = sum(watch.stop[s] - watch.start[s] for s in watch.start)
     else:
-        steady = watch.seconds()
+        steady = min(watch.stop.values()) - min(watch.start.values())
     images = len(args["ids"]) * args["steps"] * cfg.train.batch_size
     return {
         "wall_s": wall,
@@ -159,21 +164,25 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         "overrides": ["tracking.enabled=false", *overrides],
     }
 
-    def job(ids_: list[int], pack: int) -> dict[str, Any]:
-        return run_worker(MODULE, "train", {**common, "ids": ids_, "pack": pack})
+    def job(ids_: list[int], pack: int, batched: bool | None = None) -> dict[str, Any]:
+        args = {**common, "ids": ids_, "pack": pack, "batched": batched}
+        return run_worker(MODULE, "train", args)
 
     out: list[dict[str, Any]] = []
+    default_mode = "batched model" if device.type == "cuda" else "one after another, 1 process"
     mem_kind = "GPU max allocated" if device.type == "cuda" else "peak RSS"
     if a.mode in ("both", "processes"):
         variants = [
             ("1 split alone", lambda: job([0], 1)),
             (f"{k} splits one after another (pack 1)", lambda: job(ids, 1)),
-            (f"{k} splits packed (pack {k})", lambda: job(ids, k)),
+            (f"{k} splits packed (pack {k}, {default_mode})", lambda: job(ids, k)),
         ]
+        if device.type != "cuda":  # the batched model too, which a CPU does not use by default
+            variants.append((f"{k} splits packed, batched model", lambda: job(ids, k, True)))
         print(f"packed trainer: {len(variants)} variants x {repeats} runs ...", file=sys.stderr)
         results = alternate(variants, repeats)
         med = {n: {key: median(r, key) for key in r[0]} for n, r in results.items()}
-        one, seq, packed = (med[n] for n, _ in variants)
+        one, seq, packed = (med[n] for n, _ in variants[:3])
         rows = [
             [n, m["images_per_s"], m["step_s"], m["wall_s"], m["peak_mib"]] for n, m in med.items()
         ]
@@ -213,7 +222,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         ]  # fmt: skip
         print(
             table(
-                f"Packed vs one after another, interleaved step by step in one process: "
+                "The batched packed model vs one after another, interleaved step by step in "
+                "one process: "
                 f"{k} splits, batch {cfg.train.batch_size} per split, {device.type} - "
                 f"{machine(device)}\n{rounds} rounds (median speed-up, range); load average "
                 f"{load_average()}",

@@ -38,7 +38,7 @@ from acgan.train.loop import (
     save_checkpoint,
     train_fingerprint,
 )
-from acgan.train.packed import PackedNets, packed_step, stepwise_step
+from acgan.train.packed import PackedNets, packed_step
 from acgan.train.state import (
     TrainState,
     build_state,
@@ -224,18 +224,12 @@ def train_pack(
     attempt: int = 0,
     progress: bool = True,
     hooks: Sequence[StepHook] = (),
-    batched: bool | None = None,
 ) -> list[TrainResult]:
-    """Train (or resume) ``split_ids`` together on one device; split ``i`` writes
-    ``out_dirs[i]``. The splits must have the same number of classes (one model shape).
-
-    ``batched``: step the pack as one batched model (:class:`~acgan.train.packed.PackedNets`)
-    or split by split (:func:`~acgan.train.packed.stepwise_step`); default: batched on CUDA,
-    split by split on a CPU, where the batched model measured slower."""
+    """Train (or resume) ``split_ids`` together on one device as one batched model; split
+    ``i`` writes ``out_dirs[i]``. The splits must have the same number of classes."""
     tracker = tracker or NullTracker()
     t = cfg.train
     device = resolve_device(t.device)
-    batched = device.type == "cuda" if batched is None else batched
     amp = resolve_amp(t.amp, device)
     members: list[_Member] = []
     parent = None
@@ -268,14 +262,11 @@ def train_pack(
         with _graceful_sigterm() as sig:
             active = [m for m in members if not m.done(t.steps)]
             while active:
-                states, data = [m.state for m in active], [m.data for m in active]
-                nets = PackedNets(states) if batched else None
+                nets = PackedNets([m.state for m in active])
+                data = [m.data for m in active]
                 try:
                     while all(not m.done(t.steps) for m in active):
-                        if nets is not None:
-                            figures = packed_step(nets, data, t.batch_size, amp)
-                        else:
-                            figures = stepwise_step(states, data, t.batch_size, amp)
+                        figures = packed_step(nets, data, t.batch_size, amp)
                         torch._foreach_add_([m.acc for m in active], list(figures.unbind(0)))
                         due = []
                         for m in active:
@@ -298,8 +289,7 @@ def train_pack(
                         if term:
                             raise KeyboardInterrupt("SIGTERM: checkpoints saved, exiting")
                 finally:
-                    if nets is not None:
-                        nets.close()
+                    nets.close()
                 active = [m for m in active if not m.done(t.steps)]
         status = "FINISHED"
     except KeyboardInterrupt:

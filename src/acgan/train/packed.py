@@ -21,8 +21,7 @@ distribution, not bit for bit. The loop lives in :mod:`acgan.train.pack_loop`.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
@@ -30,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from acgan.models.acgan import to_float
-from acgan.train.loop import SplitData, train_step
+from acgan.train.loop import SplitData
 from acgan.train.state import TrainState, step_adams, update_emas
 
 Stacked = list[tuple[Tensor | None, Tensor | None]]  # per layer: (weight, bias) of all K splits
@@ -276,42 +275,3 @@ def packed_step(nets: PackedNets, data: Sequence[SplitData], batch_size: int, am
             ],
             dim=1,
         )
-
-
-@contextlib.contextmanager
-def _dropout_stream(device: torch.device, gen: torch.Generator) -> Iterator[None]:
-    """Let the process-wide RNG (what ``nn.Dropout`` draws from) be ``gen`` for a while."""
-    cuda = device.type == "cuda"
-
-    def get() -> Tensor:
-        return torch.cuda.get_rng_state(device) if cuda else torch.get_rng_state()
-
-    def put(state: Tensor) -> None:
-        if cuda:
-            torch.cuda.set_rng_state(state, device)
-        else:
-            torch.set_rng_state(state)
-
-    outer = get()
-    put(gen.get_state())
-    try:
-        yield
-    finally:
-        gen.set_state(get())
-        put(outer)
-
-
-def stepwise_step(
-    states: Sequence[TrainState], data: Sequence[SplitData], batch_size: int, amp: bool
-) -> Tensor:
-    """The pack's step taken split by split: each split's own single-split step, its dropout
-    drawn from its own stream. Bit for bit what each split computes alone; (K, 6) figures.
-
-    What a pack runs on a CPU: one split already saturates it, and the batched model, working
-    on K splits' activations at once, measured 15-20% slower there than K single steps (cache
-    locality; ``python -m benchmarks.packed``)."""
-    rows = []
-    for st, d in zip(states, data, strict=True):
-        with _dropout_stream(st.device, st.private_dropout_rng()):
-            rows.append(train_step(st, d, batch_size, amp))
-    return torch.stack(rows)
