@@ -7,6 +7,12 @@ device, default Adam, and ``.item()`` on the losses every step for the progress 
 *the same model* (:mod:`acgan.models.acgan`, the same losses, one D and one G update per step
 with the same fake batch) so that the comparison measures the training loop, not the network.
 No EMA, no checkpoints, no tracking: everything it does, the project's trainer does too.
+
+What the project changed in the network's *implementation* (not its function) stays out of the
+reference: its D uses ``nn.Dropout`` as the public scripts do (the project's
+:class:`acgan.models.acgan.Dropout` draws the same Bernoulli masks faster on the CPU), and its G
+update computes D's weight gradients as they do (the trainer skips those, see
+:func:`acgan.train.state.frozen`).
 """
 
 from __future__ import annotations
@@ -46,6 +52,15 @@ def export_imagefolder(split_dir: Path, out: Path) -> Path:
     return out
 
 
+def public_discriminator(n_classes: int, device: torch.device) -> nn.Module:
+    """The paper's D with ``torch.nn.Dropout`` layers, as a public script writes it."""
+    D = Discriminator(n_classes, 32, 3)
+    for i, m in enumerate(D.features):
+        if isinstance(m, nn.Dropout):
+            D.features[i] = nn.Dropout(m.p)
+    return D.to(device)
+
+
 def training_steps(
     root: Path,
     device: torch.device,
@@ -68,7 +83,7 @@ def training_steps(
     )
     n_classes = len(dataset.classes)
     G = Generator(n_classes, latent_dim, 32, 3).to(device)
-    D = Discriminator(n_classes, 32, 3).to(device)
+    D = public_discriminator(n_classes, device)
     opt_G = torch.optim.Adam(G.parameters(), lr=2e-4, betas=(0.5, 0.999))
     opt_D = torch.optim.Adam(D.parameters(), lr=2e-4, betas=(0.5, 0.999))
     adversarial, auxiliary = nn.BCEWithLogitsLoss(), nn.CrossEntropyLoss()

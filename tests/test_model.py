@@ -9,8 +9,10 @@ from torch import nn
 from acgan.models.acgan import (
     D_WIDTHS,
     Discriminator,
+    Dropout,
     Generator,
     d_loss,
+    dropout_mask,
     g_loss,
     to_float,
     to_uint8,
@@ -70,3 +72,34 @@ def test_loss_signs() -> None:
 def test_uint8_round_trip() -> None:
     u = torch.randint(0, 256, (2, 3, 8, 8), dtype=torch.uint8)
     assert torch.equal(to_uint8(to_float(u)), u)
+
+
+@pytest.mark.parametrize("p", [0.5, 0.3, 0.8])
+def test_dropout_mask_is_bernoulli(p: float) -> None:
+    """The CPU dropout's mask keeps each element with probability 1-p, independently (the
+    p = 0.5 path packs 8 elements into one random byte), scaled by 1/(1-p)."""
+    like = torch.empty(0)
+    m = dropout_mask((200_000,), p, like)
+    zero, scale = m.unique().tolist()
+    assert m.dtype == like.dtype and zero == 0.0 and scale == pytest.approx(1 / (1 - p))
+    kept = (m > 0).float()
+    assert abs(kept.mean().item() - (1 - p)) < 0.006  # > 5 standard errors
+    # neighbours (within one random byte for p = 0.5) agree as often as independent draws do
+    agree = (kept[1:] == kept[:-1]).float().mean().item()
+    assert abs(agree - (p * p + (1 - p) * (1 - p))) < 0.006
+    g = torch.Generator().manual_seed(3)
+    a = dropout_mask((7, 9), p, like, g)
+    g.manual_seed(3)
+    assert torch.equal(a, dropout_mask((7, 9), p, like, g))  # reproducible from its stream
+
+
+def test_dropout_module() -> None:
+    d = Dropout(0.5)
+    x = torch.ones(4, 8, 3, 3, requires_grad=True)
+    y = d(x)
+    assert set(y.unique().tolist()) <= {0.0, 2.0}
+    y.sum().backward()
+    assert torch.equal(x.grad, y.detach())  # the gradient passes the kept elements, scaled
+    d.eval()
+    assert torch.equal(d(x), x)  # identity outside training, as nn.Dropout
+    assert torch.equal(Dropout(0.0)(x), x)

@@ -16,6 +16,7 @@ scales ~ N(1, 0.02) as in DCGAN.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -68,6 +69,42 @@ def init_weights(module: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
+def dropout_mask(
+    shape: torch.Size | tuple[int, ...],
+    p: float,
+    like: Tensor,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Dropout's multiplier: a Bernoulli(1-p) keep mask divided by 1-p, in ``like``'s dtype and
+    device. PyTorch's CPU ``bernoulli_`` spends ~6 ns per element (its masks were 15% of a
+    training step here); this draws fewer random numbers for the same distribution:
+
+    - p = 0.5 (the paper's): each bit of a uniform random byte is a fair coin, so one byte
+      gives 8 elements' masks (~4x faster than ``torch.rand``);
+    - any other p: ``U >= p`` for U ~ Uniform[0, 1), which has probability 1-p.
+    """
+    if p == 0.5:
+        n = math.prod(shape)
+        shifts = torch.arange(8, dtype=torch.uint8, device=like.device)
+        byte = torch.randint(
+            0, 256, ((n + 7) // 8, 1), dtype=torch.uint8, device=like.device, generator=generator
+        )
+        keep = ((byte >> shifts) & 1).view(-1)[:n].view(shape)
+    else:
+        keep = torch.rand(shape, device=like.device, generator=generator) >= p
+    return keep.to(like.dtype).div_(1 - p)
+
+
+class Dropout(nn.Dropout):
+    """``nn.Dropout`` (same p, same train/eval behaviour, same distribution) with the CPU mask
+    from :func:`dropout_mask`; elsewhere the fused kernel of ``F.dropout``."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training or self.p == 0 or x.device.type != "cpu":
+            return super().forward(x)
+        return x * dropout_mask(x.shape, self.p, x)
+
+
 def _up(cin: int, cout: int) -> nn.ConvTranspose2d:
     # kernel 5, stride 2: padding 2 + output_padding 1 gives exactly twice the input size.
     return nn.ConvTranspose2d(cin, cout, 5, stride=2, padding=2, output_padding=1, bias=False)
@@ -114,7 +151,7 @@ class Discriminator(nn.Module):
             layers.append(nn.Conv2d(cin, w, 3, stride=s, padding=1, bias=(i == 0)))
             if i > 0:
                 layers.append(nn.BatchNorm2d(w))
-            layers += [nn.LeakyReLU(LEAK, inplace=True), nn.Dropout(dropout)]
+            layers += [nn.LeakyReLU(LEAK, inplace=True), Dropout(dropout)]
             cin = w
         self.features = nn.Sequential(*layers)
         side = resolution // 8  # three stride-2 layers

@@ -32,6 +32,7 @@ from acgan.tracking import SPLIT_TAG, NullTracker, Run, Tracker, png_bytes
 from acgan.train.state import (
     TrainState,
     build_state,
+    frozen,
     generator_record,
     resolve_amp,
     resolve_device,
@@ -137,7 +138,7 @@ def train_step(state: TrainState, data: SplitData, batch_size: int, amp: bool) -
     loss_d.backward()
     state.opt_d.step()
 
-    with autocast:
+    with autocast, frozen([D]):
         src_g, cls_g = D(fake)
         loss_g, _, _ = g_loss(src_g.float(), cls_g.float(), y_fake)
     state.opt_g.zero_grad(set_to_none=True)

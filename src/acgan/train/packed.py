@@ -28,9 +28,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from acgan.models.acgan import to_float
+from acgan.models.acgan import dropout_mask, to_float
 from acgan.train.loop import SplitData
-from acgan.train.state import TrainState, step_adams, update_emas
+from acgan.train.state import TrainState, frozen, step_adams, update_emas
 
 Stacked = list[tuple[Tensor | None, Tensor | None]]  # per layer: (weight, bias) of all K splits
 
@@ -191,19 +191,14 @@ class PackedNets:
         return torch.stack(outs, dim=1).flatten(1, 2)
 
     def _dropout(self, h: Tensor, p: float) -> Tensor:
-        """What ``F.dropout`` does on the CPU (a Bernoulli(1-p) mask of the activation's dtype,
-        divided by 1-p), with each split's mask drawn from that split's own stream."""
+        """What :class:`acgan.models.acgan.Dropout` does on the CPU, with each split's mask
+        drawn from that split's own stream."""
         if p == 0:
-            return h  # F.dropout draws nothing either
+            return h  # the single-split module draws nothing either
         batch, kc, hh, ww = h.shape
         shape = (batch, kc // self.k, hh, ww)
-        masks = [
-            torch.empty(shape, dtype=h.dtype, device=h.device).bernoulli_(1 - p, generator=g)
-            for g in self.dropout_gens
-        ]
-        noise = torch.stack(masks, dim=1).view_as(h)
-        noise.div_(1 - p)
-        return h * noise
+        masks = [dropout_mask(shape, p, h, g) for g in self.dropout_gens]
+        return h * torch.stack(masks, dim=1).view_as(h)
 
 
 def _bce(logits: Tensor, target: float) -> Tensor:
@@ -252,7 +247,7 @@ def packed_step(nets: PackedNets, data: Sequence[SplitData], batch_size: int, am
     loss_d.sum().backward()
     step_adams([st.opt_d for st in states])
 
-    with autocast:
+    with autocast, frozen([st.D for st in states]):
         src_g, cls_g = nets.discriminator(nets.stack_d(), fake)
         src_g, cls_g = src_g.float(), cls_g.float()
         loss_g = _bce(src_g, 1.0) + _ce(cls_g, yf)

@@ -11,9 +11,10 @@ same checkpoint key, so a checkpoint continues identically in either mode (exact
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -118,6 +119,22 @@ def update_emas(emas: Sequence[EMA], models: Sequence[nn.Module]) -> None:
         torch._foreach_lerp_(dst, src, weight)
     if buf_dst:
         torch._foreach_copy_(buf_dst, buf_src)
+
+
+@contextlib.contextmanager
+def frozen(modules: Sequence[nn.Module]) -> Iterator[None]:
+    """Forward passes inside record no gradient for the modules' parameters. G's update
+    backpropagates through D only to reach the fake images; D's own weight gradients there
+    would be discarded (zeroed before D's next update), and skipping them measured about 15%
+    of a CPU training step."""
+    params = [(p, p.requires_grad) for m in modules for p in m.parameters()]
+    for p, _ in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in params:
+            p.requires_grad_(flag)
 
 
 def make_adam(params: Any, cfg: Config, device: torch.device, lr: float) -> torch.optim.Adam:
