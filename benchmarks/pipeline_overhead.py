@@ -10,6 +10,8 @@ tests copy it) with the embedded MLflow store. For ``dvc repro`` a small wrapper
 ``acgan`` console script records each stage process's wall time, so the table shows where the
 time outside training goes: DVC itself (hashing, caching outputs), each stage's interpreter
 start and imports, and the stages that are not training (judge, monitor, evaluate, register).
+``dvc repro`` runs twice: cold (every stage a new process, as a plain ``dvc repro``) and warm
+(the stages fork from one ``acgan warm`` server, as ``make demo`` runs them).
 The ``kfp.local`` part needs the pipeline package (``pipelines/acgan.py``); without it, it is
 skipped with a message.
 """
@@ -17,6 +19,7 @@ skipped with a message.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shlex
@@ -25,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -131,7 +135,27 @@ def _stage_name(args: str) -> str:
     return f"{name}@{','.join(ids)}" if ids else name
 
 
-def measure_dvc(work: Path, quick: bool) -> dict[str, Any]:
+@contextlib.contextmanager
+def warm_server(work: Path, cwd: Path, env: dict[str, str]) -> Iterator[dict[str, str]]:
+    """``acgan warm`` for the duration (as ``make demo`` runs it): yields ``env`` with
+    ``ACGAN_WARM`` set, so that the stages of ``dvc repro`` fork from one warm process."""
+    sock = work / "warm.sock"
+    real = shutil.which("acgan", path=str(Path(sys.executable).parent))
+    log = (work / "warm.log").open("w")
+    server = subprocess.Popen(
+        [str(real), "warm", "--socket", str(sock)], cwd=cwd, env=env, stdout=log, stderr=log
+    )
+    try:
+        yield {**env, "ACGAN_WARM": str(sock)}
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        log.close()
+
+
+def measure_dvc(work: Path, quick: bool, warm: bool) -> dict[str, Any]:
+    mode = "warm" if warm else "cold"
+    work = work / mode
     repo = work / "dvc-repo"
     repo.mkdir(parents=True)
     copy_repo(repo)
@@ -152,8 +176,9 @@ def measure_dvc(work: Path, quick: bool) -> dict[str, Any]:
         ["git", "-c", "user.name=b", "-c", "user.email=b@b", "commit", "-qm", "copy"],
     ):
         _run(cmd, repo, env)  # fmt: skip
-    print("  dvc repro ...", file=sys.stderr, flush=True)
-    wall = _run(["dvc", "repro"], repo, env)
+    print(f"  dvc repro ({mode}) ...", file=sys.stderr, flush=True)
+    with warm_server(work, repo, env) if warm else contextlib.nullcontext(env) as run_env:
+        wall = _run(["dvc", "repro"], repo, run_env)
     stages = []
     for line in log.read_text().splitlines():
         start, end, rc, args = line.split(" ", 3)
@@ -201,14 +226,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                 description=__doc__.split("\n")[0])  # fmt: skip
     p.add_argument("--quick", action="store_true", help="tiny budget (harness check)")
     p.add_argument("--skip-dvc", action="store_true")
+    p.add_argument(
+        "--dvc-modes",
+        default="cold,warm",
+        help="cold: every stage a new process (plain `dvc repro`); warm: stages fork from "
+        "`acgan warm` (`make demo`); comma-separated (default: %(default)s)",
+    )
     p.add_argument("--skip-kfp", action="store_true")
     p.add_argument("--keep", action="store_true", help="keep the temporary copies")
     a = p.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="acgan-overhead-"))
     out: dict[str, Any] = {"imports_s": import_seconds()}
     try:
-        if not a.skip_dvc:
-            out["dvc"] = measure_dvc(work, a.quick)
+        for mode in [] if a.skip_dvc else a.dvc_modes.split(","):
+            out[f"dvc-{mode}"] = measure_dvc(work, a.quick, warm=(mode == "warm"))
         if not a.skip_kfp:
             out["kfp"] = measure_kfp(work, a.quick)
     finally:
@@ -218,13 +249,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             shutil.rmtree(work, ignore_errors=True)
     budget = "tiny (--quick)" if a.quick else "demo (params.yaml)"
     rows = []
-    for name in ("dvc", "kfp"):
+    names = {
+        "dvc-cold": "dvc repro",
+        "dvc-warm": "dvc repro, acgan warm",
+        "kfp": "kfp.local run",
+    }
+    for name, label in names.items():
         r = out.get(name)
         if r:
             over = r["wall_s"] - r["train_s"]
             rows.append([
-                "dvc repro" if name == "dvc" else "kfp.local run", r["wall_s"], r["train_s"],
-                over, f"{100 * over / max(r['train_s'], 1e-9):.0f}%",
+                label, r["wall_s"], r["train_s"], over,
+                f"{100 * over / max(r['train_s'], 1e-9):.0f}%",
             ])  # fmt: skip
     if rows:
         print(table(
@@ -232,13 +268,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             f"{out['imports_s']:.1f} s; load average {load_average()}",
             ["run", "wall s", "training s", "outside training s", "outside / training"], rows,
         ), flush=True)  # fmt: skip
-    if out.get("dvc"):
-        d = out["dvc"]
-        stage_rows = [[n, s] for n, s in d["stages"]]
-        in_stages = sum(s for _, s in d["stages"])
-        stage_rows.append(["dvc itself (wall - stage processes)", d["wall_s"] - in_stages])
-        print(table("dvc repro, per stage process (wall s)", ["stage", "wall s"], stage_rows),
-              flush=True)  # fmt: skip
+    modes = [m for m in ("dvc-cold", "dvc-warm") if out.get(m)]
+    if modes:
+        stage_rows = [
+            [n, *(out[m]["stages"][i][1] for m in modes)]
+            for i, (n, _) in enumerate(out[modes[0]]["stages"])
+        ]
+        stage_rows.append([
+            "dvc itself (wall - stage processes)",
+            *(out[m]["wall_s"] - sum(s for _, s in out[m]["stages"]) for m in modes),
+        ])  # fmt: skip
+        print(table(
+            "dvc repro, per stage process (wall s)",
+            ["stage", *(f"{names[m]} s" for m in modes)], stage_rows,
+        ), flush=True)  # fmt: skip
     return out
 
 

@@ -12,7 +12,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 from components import _runtime as rt  # noqa: E402
-from pipelines.local import LocalRun, run_local  # noqa: E402
+from pipelines.local import LocalRun, run_local, task_threads  # noqa: E402
 from pipelines.submit import SubmitError  # noqa: E402
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -63,6 +63,7 @@ def local_run(tmp_path_factory: pytest.TempPathFactory) -> LocalRun:
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(root)  # the task processes inherit it: MLflow's ./mlruns lands here
         mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        mp.delenv("OMP_NUM_THREADS", raising=False)
         return run_local(root / "run", TINY, parallelism=2)
 
 
@@ -75,6 +76,9 @@ def test_one_generator_per_split(local_run: LocalRun) -> None:
     members = [load_member(m) for m in models]
     assert sorted(m.split_id for m in members) == [0, 1]
     assert all(m.step == 2 for m in members)
+    # two training tasks at once share the cores instead of each taking all of them
+    threads = {json.loads((m / "train.json").read_text())["threads"] for m in models}
+    assert threads == {task_threads(2)}
     for m in models:
         assert (m / "samples.png").read_bytes().startswith(PNG)
         page = (m.parent / "samples").read_text()

@@ -602,8 +602,50 @@ def show_config(cfg: config_mod.Config, list_keys: bool) -> None:
         echo_json(cfg.to_dict())
 
 
+@cli.command()
+@click.option(
+    "--socket",
+    "socket_path",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Unix socket to listen on; commands run with ACGAN_WARM=<this path> use the server.",
+)
+@click.option(
+    "--idle-timeout",
+    default=3600.0,
+    show_default=True,
+    type=click.FloatRange(min=1),
+    help="Exit after this many seconds without a command.",
+)
+def warm(socket_path: Path, idle_timeout: float) -> None:
+    """Serve `acgan` commands from one process that has imported torch, MLflow & co.
+
+    Every stage of `dvc repro` is a new process that spends ~10 s on imports; with a warm
+    server each stage forks from it instead. `make demo` does this for you.
+
+    \b
+    Example:
+      acgan warm --socket /tmp/acgan.sock &
+      ACGAN_WARM=/tmp/acgan.sock dvc repro
+    """
+    from acgan import warm as warm_mod
+
+    warm_mod.serve(socket_path, idle_timeout, _run)
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Console entry point: user errors -> one line + exit 2."""
+    """Console entry point: user errors -> one line + exit 2. With ``$ACGAN_WARM`` naming a
+    listening warm server (``acgan warm``), the command runs there (:mod:`acgan.warm`)."""
+    from acgan import warm as warm_mod
+
+    args = sys.argv[1:] if argv is None else list(argv)
+    code = None if args[:1] == ["warm"] else warm_mod.delegate(args)
+    if code is not None:
+        sys.exit(code)
+    _run(args)
+
+
+def _run(argv: list[str]) -> None:
     try:
         cli.main(args=argv, prog_name="acgan", standalone_mode=False)
     except AcganError as exc:

@@ -313,6 +313,7 @@ def train_split(
         "seed": seed,
         "attempt": attempt,
         "amp": amp,
+        "threads": torch.get_num_threads(),
         "train_seconds": round(time.perf_counter() - t0, 3),  # this process's loop (benchmarks)
         "classes": meta["classes"],
         "class_names": meta["class_names"],

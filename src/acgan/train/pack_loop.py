@@ -178,6 +178,7 @@ def _finish(cfg: Config, m: _Member, pack: list[int], amp: bool, seconds: float)
         "seed": m.seed,
         "attempt": meta["attempt"],
         "amp": amp,
+        "threads": torch.get_num_threads(),
         "train_seconds": round(seconds, 3),  # the pack's loop, shared by its splits
         "classes": meta["classes"],
         "class_names": meta["class_names"],
