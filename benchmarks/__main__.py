@@ -4,7 +4,8 @@
     python -m benchmarks --quick         # short runs: checks the harness, figures are rough
     python -m benchmarks --only throughput,packed --device cuda
 
-Sections: ``throughput`` (the reference loop vs the project's trainer), ``packed`` (K splits
+Sections: ``throughput`` (the reference loop vs the project's trainer), ``ablation`` (what
+each of the trainer's step-level changes is worth), ``packed`` (K splits
 packed vs one after another), ``monitor`` (one collapse check vs ``monitor.every`` steps),
 ``eval`` (evaluation speed, 10 classes x 1,000 samples) and ``pipeline`` (``dvc repro`` /
 ``kfp.local`` wall time vs the training inside).
@@ -19,9 +20,10 @@ import inspect
 import sys
 import time
 
-SECTIONS = ("throughput", "packed", "monitor", "eval", "pipeline")
+SECTIONS = ("throughput", "ablation", "packed", "monitor", "eval", "pipeline")
 MODULES = {
     "throughput": "benchmarks.train_throughput",
+    "ablation": "benchmarks.step_ablation",
     "packed": "benchmarks.packed",
     "monitor": "benchmarks.monitor_overhead",
     "eval": "benchmarks.eval_speed",
@@ -56,7 +58,7 @@ def main(argv: list[str] | None = None) -> None:
     quick = ["--quick"] if a.quick else []
     for section in chosen:
         t = time.perf_counter()
-        if section in ("throughput", "packed"):
+        if section in ("throughput", "ablation", "packed"):
             argv_ = [*quick, "--device", a.device]
         elif section == "monitor":  # it has no --quick: fewer timed steps and one repeat
             argv_ = [*(["--steps", "3", "--repeats", "1"] if a.quick else []), "--device", a.device]
