@@ -299,35 +299,18 @@ def judge(cfg: config_mod.Config, data: str, out: str, parent_run_id: str | None
 
 @cli.command("evaluate")
 @with_config
-@click.option(
-    "--data",
-    default="data/ingested",
-    type=click.Path(file_okay=False),
-    help="Output of `acgan ingest`.",
-)
-@click.option(
-    "--splits",
-    default="data/splits",
-    type=click.Path(file_okay=False),
-    help="Output of `acgan split`.",
-)
+@dir_option("--data", default="data/ingested", help="Output of `acgan ingest`.")
+@dir_option("--splits", default="data/splits", help="Output of `acgan split`.")
 @click.option(
     "--ensemble",
     default="reports/monitor/ensemble.json",
     type=click.Path(),
     help="Ensemble manifest written by `acgan monitor`.",
 )
-@click.option(
-    "--judge",
-    "judge_dir",
-    default="judge",
-    type=click.Path(file_okay=False),
-    help="Output of `acgan judge`.",
-)
-@click.option(
+@dir_option("--judge", "judge_dir", default="judge", help="Output of `acgan judge`.")
+@dir_option(
     "--out",
     default="reports/eval",
-    type=click.Path(file_okay=False),
     help="Directory for metrics.json, gate.json, report.html, plots/.",
 )
 @click.option("--parent-run-id", default=None, help="MLflow parent run (KFP passes it).")
