@@ -157,7 +157,8 @@ def test_nearest_l1_is_exact() -> None:
 
 
 def test_gate_pass_and_fail_with_reasons(make_cfg: Callable[..., Config]) -> None:
-    figures = {"judge_accuracy": 0.5, "diverse_fraction": 0.8, "fid": 20.0}
+    figures = {"judge_accuracy": 0.5, "judge_skill": 0.9, "fid_ratio": 3.0,
+               "diverse_fraction": 0.8, "fid": 20.0, "classes_missing": []}  # fmt: skip
     ok = gate_decision(figures, make_cfg("eval.min_accuracy=0.4", "eval.max_fid=25").eval)
     assert ok["passed"] and ok["reasons"] == [] and ok["thresholds"]["max_fid"] == 25
     bad = gate_decision(
@@ -165,11 +166,22 @@ def test_gate_pass_and_fail_with_reasons(make_cfg: Callable[..., Config]) -> Non
         make_cfg("eval.min_accuracy=0.6", "eval.max_fid=10", "eval.min_diverse_fraction=0.9").eval,
     )
     assert not bad["passed"] and len(bad["reasons"]) == 3
-    assert "eval.min_accuracy" in bad["reasons"][0] and "0.5" in bad["reasons"][0]
+    assert any("eval.min_accuracy" in r and "0.5" in r for r in bad["reasons"])
     assert any("fid 20 is above the maximum 10 (eval.max_fid)" in r for r in bad["reasons"])
     assert bad["figures"]["fid"] == 20.0
-    nan = gate_decision({"judge_accuracy": float("nan"), "diverse_fraction": 1.0}, make_cfg().eval)
+    nan = gate_decision({**figures, "judge_skill": float("nan")}, make_cfg().eval)
     assert not nan["passed"] and "not a number" in nan["reasons"][0]
+    # The defaults are relative: to chance and the judge's real accuracy, to the real FID
+    # floor, to the real data's diversity; and every class of the dataset must be served.
+    noise = {**figures, "judge_skill": 0.02, "fid_ratio": 40.0, "diverse_fraction": 0.0}
+    failed = gate_decision(noise, make_cfg().eval)
+    keys = ("eval.min_skill", "eval.max_fid_ratio", "eval.min_diverse_fraction")
+    assert not failed["passed"] and all(any(k in r for r in failed["reasons"]) for k in keys)
+    missing = gate_decision({**figures, "classes_missing": ["star", "ring"]}, make_cfg().eval)
+    assert not missing["passed"] and "star, ring" in missing["reasons"][0]
+    assert gate_decision(
+        {**figures, "classes_missing": ["star"]}, make_cfg("eval.require_all_classes=false").eval
+    )["passed"]
 
 
 # ------------------------------------------------------------------------ the stage end to end

@@ -26,8 +26,8 @@ from acgan.errors import AcganError
 EPILOG_WIDTH = 100
 
 
-def _load_config(params: str, overrides: tuple[str, ...]) -> config_mod.Config:
-    cfg = config_mod.load(params, overrides, missing_ok=(params == "params.yaml"))
+def _load_config(params: tuple[str, ...], overrides: tuple[str, ...]) -> config_mod.Config:
+    cfg = config_mod.load(params, overrides, missing_ok=(params == ("params.yaml",)))
     env_uri = os.environ.get("MLFLOW_TRACKING_URI")
     if env_uri and env_uri != cfg.tracking.uri:  # the documented override, applied once, here
         cfg = config_mod.replace(cfg, tracking={"uri": env_uri})
@@ -40,15 +40,17 @@ def dir_option(*names: str, default: str | None, help: str) -> Callable[..., Any
 
 
 def with_config(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Adds ``--params FILE`` and repeatable ``--set section.key=value``; passes ``cfg``."""
+    """Adds repeatable ``--params FILE`` and ``--set section.key=value``; passes ``cfg``."""
 
     @click.option(
         "--params",
         "params",
-        default="params.yaml",
+        multiple=True,
+        default=("params.yaml",),
         show_default=True,
         type=click.Path(dir_okay=False),
-        help="YAML file of config overrides.",
+        help="YAML file of config overrides (repeatable: later files win; a `recipe: NAME` "
+        "key layers a preset beneath them).",
     )
     @click.option(
         "--set",
@@ -58,7 +60,7 @@ def with_config(fn: Callable[..., Any]) -> Callable[..., Any]:
         help="Override one key, e.g. --set train.steps=50 (repeatable).",
     )
     @functools.wraps(fn)
-    def wrapper(params: str, overrides: tuple[str, ...], **kwargs: Any) -> Any:
+    def wrapper(params: tuple[str, ...], overrides: tuple[str, ...], **kwargs: Any) -> Any:
         return fn(cfg=_load_config(params, overrides), **kwargs)
 
     return wrapper
@@ -265,7 +267,7 @@ def monitor(
     for e in res.excluded:
         click.echo(f"excluded split {e['split_id']}: {e['reason']}")
     click.echo(
-        f"threshold {res.threshold:.3f}; ensemble of {len(res.members)} split(s) -> "
+        f"ensemble of {len(res.members)} split(s) -> "
         f"{res.manifest}; report {res.out_dir / 'report.html'} [MLflow run {res.run_id}]"
     )
 

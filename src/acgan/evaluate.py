@@ -47,28 +47,44 @@ class EvalResult:
     timings: dict[str, float] = field(default_factory=dict)  # seconds per phase and metric
 
 
+# (figure, direction, config key); a key set to null switches its check off.
+GATE_CHECKS: tuple[tuple[str, str, str], ...] = (
+    ("judge_skill", ">=", "min_skill"),
+    ("fid_ratio", "<=", "max_fid_ratio"),
+    ("diverse_fraction", ">=", "min_diverse_fraction"),
+    ("judge_accuracy", ">=", "min_accuracy"),
+    ("fid", "<=", "max_fid"),
+)
+
+
 def gate_decision(metrics: dict[str, Any], cfg: EvalConfig) -> dict[str, Any]:
-    """Pass when every configured threshold holds; each failure is one reason naming its key."""
-    checks: list[tuple[str, str, float, str]] = [
-        ("judge_accuracy", ">=", cfg.min_accuracy, "eval.min_accuracy"),
-        ("diverse_fraction", ">=", cfg.min_diverse_fraction, "eval.min_diverse_fraction"),
-    ]
-    if cfg.max_fid is not None:
-        checks.append(("fid", "<=", cfg.max_fid, "eval.max_fid"))
-    reasons, figures = [], {}
-    for name, op, limit, key in checks:
+    """Pass when every configured threshold holds; each failure is one reason naming its key.
+
+    The default thresholds are relative: to chance and the judge's own accuracy on real images
+    (``judge_skill``), to the FID two sets of real images have (``fid_ratio``), and to the real
+    data's diversity (``diverse_fraction``), so one setting means the same on any dataset; and
+    the ensemble must serve every class of the dataset (``require_all_classes``).
+    """
+    reasons, figures, thresholds = [], {}, {}
+    for name, op, key in GATE_CHECKS:
+        limit = getattr(cfg, key)
+        thresholds[key] = limit
+        if limit is None:
+            continue
         value = metrics.get(name)
         figures[name] = value
         if value is None or not math.isfinite(float(value)):
-            reasons.append(f"{name} is missing or not a number ({value}); {key}: {limit:g}")
+            reasons.append(f"{name} is missing or not a number ({value}); eval.{key}: {limit:g}")
         elif (value < limit) if op == ">=" else (value > limit):
             side = "below the minimum" if op == ">=" else "above the maximum"
-            reasons.append(f"{name} {value:.4g} is {side} {limit:g} ({key})")
-    thresholds = {
-        "min_accuracy": cfg.min_accuracy,
-        "min_diverse_fraction": cfg.min_diverse_fraction,
-        "max_fid": cfg.max_fid,
-    }
+            reasons.append(f"{name} {value:.4g} is {side} {limit:g} (eval.{key})")
+    thresholds["require_all_classes"] = cfg.require_all_classes
+    missing = metrics.get("classes_missing") or []
+    if cfg.require_all_classes and missing:
+        reasons.append(
+            f"the ensemble does not serve {len(missing)} class(es) of the dataset: "
+            f"{', '.join(map(str, missing))} (eval.require_all_classes); retrain their splits"
+        )
     return {"passed": not reasons, "reasons": reasons, "figures": figures, "thresholds": thresholds}
 
 
@@ -246,6 +262,9 @@ def evaluate(
         )
     clock = time.perf_counter()
     metrics = _metrics_json(figs, data.class_names)
+    metrics["classes_missing"] = [
+        n for c, n in enumerate(manifest.class_names) if c not in set(ensemble.classes)
+    ]
     gate = gate_decision(metrics, e)
     images = grids(ensemble, data, figs, e)
     lap("grids")

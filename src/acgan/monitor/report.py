@@ -1,8 +1,8 @@
 """Pictures of the monitor stage: MS-SSIM vs step per split, and a self-contained HTML report.
 
 The plot draws each class's curve (checks abandoned by a rollback or after a stop dotted and
-faded), the threshold as a red dashed line, each class's real-image reference as a thin dotted
-line, the final measurement of the delivered weights as a star, and collapse events as crosses.
+faded), each class's threshold as a dashed line and its real-image reference as a thin dotted
+line in the class's colour, the final measurement of the delivered weights as a star, and collapse events as crosses.
 The HTML report embeds the plots as base64 PNGs so it can be opened anywhere (the KFP HTML
 artifact, an MLflow artifact view, a mail attachment).
 """
@@ -19,7 +19,7 @@ from typing import Any
 from acgan.checkpoint import atomic_write_bytes
 
 
-def plot_split(rec: Mapping[str, Any], threshold: float, path: Path) -> Path:
+def plot_split(rec: Mapping[str, Any], path: Path) -> Path:
     """PNG of one split's MS-SSIM curves (a ``monitor.json`` split record plus its curve)."""
     import matplotlib
 
@@ -48,9 +48,11 @@ def plot_split(rec: Mapping[str, Any], threshold: float, path: Path) -> Path:
         )
         if cls.get("reference") is not None:
             ax.axhline(cls["reference"], color=color, lw=0.6, ls=(0, (1, 3)))
+        ax.axhline(cls["threshold"], color=color, lw=1.0, ls="--", alpha=0.8)
     for e in rec.get("events", []):
         ax.plot([e["step"]], [e["value"]], marker="x", ms=9, mew=2, color="black")
-    ax.axhline(threshold, color="red", ls="--", lw=1.2, label=f"threshold {threshold:.3f}")
+    ax.plot([], [], color="grey", ls="--", label="threshold (per class)")
+    ax.plot([], [], color="grey", ls=(0, (1, 3)), lw=0.6, label="real reference")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("training step")
     ax.set_ylabel("mean pairwise MS-SSIM of samples")
@@ -149,14 +151,17 @@ table {{ border-collapse: collapse; margin: 0.5em 0; }}
 td, th {{ border: 1px solid #ccc; padding: 0.2em 0.6em; text-align: right; }}
 td:first-child, th:first-child {{ text-align: left; }}
 tr.collapsed td {{ background: #fdd; }} tr.collapsing td {{ background: #ffe9c7; }}
-tr.not_diverse td {{ background: #eee; }} .bad {{ color: #a00; font-weight: bold; }}
+tr.not_converged td {{ background: #eee; }} .bad {{ color: #a00; font-weight: bold; }}
 figure {{ display: inline-block; margin: 0.5em; }} img {{ max-width: 100%; }}
 </style></head><body>
 <h1>Collapse monitor</h1>
 <p>Mean pairwise MS-SSIM of samples from fixed latent codes ({_esc(summary["measure_protocol"])},
-{summary["pairs"]} pairs per class), against the threshold {summary["threshold"]:.4f}
-({_esc(summary["threshold_rule"])}); a class collapses when it is above the threshold for
-{summary["patience"]} consecutive check(s) after having been at or below it. In-training action:
+{summary["pairs"]} pairs per class), against each class's threshold
+({_esc(summary["threshold_rule"])}). A class is <b>healthy</b> at or below its threshold,
+<b>not_converged</b> above it (it never reached the real data's diversity, or hovers near it),
+and <b>collapsed</b> when, after having been healthy, it stays above the threshold and
+{summary["rise"]:g} above its own best for {summary["patience"]} consecutive check(s). A split
+takes its worst class's status. In-training action:
 <b>{_esc(summary["action"])}</b>; retrain collapsed splits: {retrain}.</p>
 <p>Ensemble members: <b>{_esc(members)}</b>; excluded: {len(summary["excluded"])}.</p>
 {sections}

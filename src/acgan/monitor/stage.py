@@ -6,9 +6,16 @@ latent codes. The collapse rule (:mod:`acgan.monitor.detector`) is replayed over
 the history of the delivered weights (checks abandoned by a rollback, or after a stop, are left
 out) followed by that final measurement, so the verdict is about what the split hands on.
 
-A collapsed split is retrained once with a new seed (``monitor.retrain_collapsed``, attempt 1
-of :func:`acgan.train.train_split_with_monitor`, into ``out_dir/retrained/split_<id>``) or
-excluded from the ensemble with the reason. Outputs, written atomically into ``out_dir``:
+Each class is judged against its own real reference (``healthy``, ``not_converged``,
+``collapsing``, ``collapsed``); a split takes its worst class's status. Which splits leave the
+ensemble is decided by one figure per split, its *excess*: how far its least diverse class
+sits above its own threshold. When any split collapsed, every split whose excess is at least
+that of the least-bad collapsed split is set aside (so a split is never excluded while a less
+diverse one is kept); each is retrained once with a new seed (``monitor.retrain_collapsed``,
+attempt 1 of :func:`acgan.train.train_split_with_monitor`, into
+``out_dir/retrained/split_<id>``) and the better of the two outputs is judged again, or it is
+excluded with the reason. An ensemble that misses classes fails the evaluation gate
+(``eval.require_all_classes``). Outputs, written atomically into ``out_dir``:
 ``monitor.json``, ``plots/split_<id>.png``, ``report.html``, ``ensemble.json`` (the manifest
 evaluation and registration read) and ``config.json``; all of it is logged to the MLflow child
 run ``monitor`` of the pipeline run.
@@ -39,7 +46,8 @@ from acgan.monitor.detector import (
     monitor_seed,
     replay,
     sample_msssim,
-    threshold_for,
+    split_status,
+    thresholds_for,
 )
 from acgan.tracking import STAGE_TAG, NullTracker, Tracker
 
@@ -54,7 +62,6 @@ REPORT_HTML = "report.html"
 class MonitorResult:
     out_dir: Path
     manifest: Path  # out_dir/ensemble.json
-    threshold: float
     splits: dict[int, dict[str, Any]]  # per split: status, classes, events (as in monitor.json)
     members: list[dict[str, Any]] = field(default_factory=list)
     excluded: list[dict[str, Any]] = field(default_factory=list)
@@ -77,9 +84,7 @@ def _read_json(path: Path) -> dict[str, Any]:
     return obj
 
 
-def assess_split(
-    cfg: Config, plan: SplitPlan, split_id: int, model_dir: Path, threshold: float
-) -> dict[str, Any]:
+def assess_split(cfg: Config, plan: SplitPlan, split_id: int, model_dir: Path) -> dict[str, Any]:
     """The verdict on one split's training output (a ``monitor.json`` split record)."""
     spec = plan.split(split_id)
     train = _read_json(model_dir / "train.json")
@@ -97,6 +102,7 @@ def assess_split(
             f"{plan.root}/splits.json has {list(spec.classes)}; retrain split {split_id}"
         )
     names = list(spec.class_names)
+    thresholds = thresholds_for(cfg.monitor, spec.classes, names, plan.reference_msssim)
     final = dict(
         zip(
             names,
@@ -109,28 +115,31 @@ def assess_split(
     step = int(train.get("step", member.step))
     # The checks in the history of the delivered weights, then the delivered weights themselves.
     lineage = [e["values"] for e in curve if not e.get("discarded") and int(e["step"]) < step]
-    states = replay([*lineage, final], threshold, cfg.monitor.patience)
+    m = cfg.monitor
+    states = replay([*lineage, final], thresholds, m.patience, m.rise)
     classes = {
         name: {
             "class": c,
             "final_msssim": round(final[name], 6),
             "reference": plan.reference_msssim.get(c),
-            "threshold": round(threshold, 6),
+            "threshold": round(thresholds[name], 6),
+            "best_msssim": round(float(states[name]["best"]), 6),
             "status": states[name]["status"],
             "collapsed": states[name]["status"] == COLLAPSED,
         }
         for c, name in zip(spec.classes, names, strict=True)
     }
     collapsed = [n for n, r in classes.items() if r["collapsed"]]
-    stopped = bool(train.get("stopped_early"))
     return {
         "split_id": split_id,
         "model_dir": str(model_dir),
         "step": step,
-        "stopped_early": stopped,
+        "stopped_early": bool(train.get("stopped_early")),
         "rollbacks": int(mon.get("rollbacks", 0)),
         "monitored": bool(curve),
-        "status": COLLAPSED if collapsed else ("stopped_early" if stopped else "healthy"),
+        "status": split_status([r["status"] for r in classes.values()]),
+        # the least diverse class's distance above its own threshold (< 0: all diverse)
+        "excess": round(max(final[n] - thresholds[n] for n in names), 6),
         "collapsed_classes": collapsed,
         "classes": classes,
         "events": [e for e in history.get("events", []) if e.get("source") == "monitor"],
@@ -138,11 +147,31 @@ def assess_split(
     }
 
 
-def _reason(rec: Mapping[str, Any], threshold: float, patience: int) -> str:
-    worst = ", ".join(
-        f"{n} {rec['classes'][n]['final_msssim']:.3f}" for n in rec["collapsed_classes"]
+def _reason(rec: Mapping[str, Any], bar: float | None, cfg: Config) -> str:
+    """Why a split is set aside: its own collapse, or being no more diverse than one."""
+    m = cfg.monitor
+    if rec["collapsed_classes"]:
+        worst = ", ".join(
+            f"{n} {rec['classes'][n]['final_msssim']:.3f} (threshold "
+            f"{rec['classes'][n]['threshold']:.3f}, best {rec['classes'][n]['best_msssim']:.3f})"
+            for n in rec["collapsed_classes"]
+        )
+        return (
+            f"collapsed: MS-SSIM above its threshold and {m.rise:g} above its best for "
+            f"{m.patience} consecutive checks ({worst})"
+        )
+    return (
+        f"{rec['status']}: its least diverse class is {rec['excess']:+.3f} from its threshold, "
+        f"no better than a collapsed split ({bar:+.3f})"
     )
-    return f"collapsed: MS-SSIM above {threshold:.3f} for {patience} consecutive checks ({worst})"
+
+
+def exclusion_bar(records: Mapping[int, Mapping[str, Any]]) -> float | None:
+    """The excess of the least-bad collapsed split (None: nothing collapsed). Every split at
+    or above it is set aside: excluding a collapsed split while keeping a less diverse one
+    would rank the ensemble's members against what their samples show."""
+    collapsed = [r["excess"] for r in records.values() if r["status"] == COLLAPSED]
+    return min(collapsed) if collapsed else None
 
 
 def run_monitor(
@@ -160,7 +189,6 @@ def run_monitor(
     tracker = tracker or NullTracker()
     splits_dir, models_root, out_dir = Path(splits_dir), Path(models_root), Path(out_dir)
     plan = load_plan(splits_dir)
-    threshold = threshold_for(cfg.monitor, plan.reference_max)
     dirs = find_split_dirs(models_root, cfg.split.ids)
     parent = open_pipeline_run(tracker, cfg, plan.data_hash, parent_run_id)
     run = tracker.child_run(parent, "monitor", tags={STAGE_TAG: "monitor"}, params=cfg.flat())
@@ -171,7 +199,6 @@ def run_monitor(
                 cfg,
                 plan,
                 dict(zip(cfg.split.ids, dirs, strict=True)),
-                threshold,
                 tmp,
                 out_dir,
                 tracker=tracker,
@@ -191,7 +218,6 @@ def _assess_all(
     cfg: Config,
     plan: SplitPlan,
     dirs: dict[int, Path],
-    threshold: float,
     tmp: Path,
     out_dir: Path,
     *,
@@ -204,48 +230,53 @@ def _assess_all(
     (which becomes ``out_dir``)."""
     m = cfg.monitor
     splits: dict[int, dict[str, Any]] = {}
-    members, excluded = [], []
     plots: dict[str, Path] = {}
-    bar = tqdm(dirs.items(), desc="monitor", unit="split", disable=not progress)
-    for sid, model_dir in bar:
-        rec = assess_split(cfg, plan, sid, model_dir, threshold)
-        plots[f"split {sid}"] = report.plot_split(
-            rec, threshold, tmp / "plots" / f"split_{sid}.png"
-        )
+    for sid, model_dir in tqdm(dirs.items(), desc="monitor", unit="split", disable=not progress):
+        rec = assess_split(cfg, plan, sid, model_dir)
+        plots[f"split {sid}"] = report.plot_split(rec, tmp / "plots" / f"split_{sid}.png")
         splits[sid] = rec
-        if rec["status"] != COLLAPSED:
-            members.append(_member(rec, rec))
+    bar = exclusion_bar(splits)
+    aside = {sid for sid, r in splits.items() if bar is not None and r["excess"] >= bar}
+    chosen: dict[int, dict[str, Any]] = {sid: r for sid, r in splits.items() if sid not in aside}
+    reasons = {sid: _reason(splits[sid], bar, cfg) for sid in aside}
+    for sid in sorted(aside):
+        log.warning("split %d: %s", sid, reasons[sid])
+        if not m.retrain_collapsed:
             continue
-        reason = _reason(rec, threshold, m.patience)
-        log.warning("split %d: %s", sid, reason)
-        if m.retrain_collapsed:
-            again = _retrain(
-                cfg, plan, sid, threshold, tmp, out_dir, tracker, parent_id, checkpoint_root,
-                progress,
-            )  # fmt: skip
-            rec["retrained"] = again
-            plots[f"split {sid} (retrained)"] = report.plot_split(
-                again, threshold, tmp / "plots" / f"split_{sid}_retrained.png"
-            )
-            if again["status"] != COLLAPSED:
+        again = _retrain(
+            cfg, plan, sid, tmp, out_dir, tracker, parent_id, checkpoint_root, progress
+        )
+        splits[sid]["retrained"] = again
+        plots[f"split {sid} (retrained)"] = report.plot_split(
+            again, tmp / "plots" / f"split_{sid}_retrained.png"
+        )
+        if again["excess"] < splits[sid]["excess"]:
+            chosen[sid] = again  # the better of the two outputs goes on to be judged again
+    # Judged again with the retrained outputs: the same rule, so the ensemble stays ordered.
+    bar = exclusion_bar(chosen) if aside else None
+    members, excluded = [], []
+    for sid in sorted(splits):
+        rec, out = splits[sid], chosen.get(sid)
+        if out is not None and (bar is None or out["excess"] < bar):
+            if out is not rec:
                 rec["status"] = RETRAINED  # the split's standing in the ensemble
-                members.append(_member(again, rec))
-                continue
-            reason = "retrained once with a new seed, still " + _reason(
-                again, threshold, m.patience
-            )
+            members.append(_member(out, rec))
+            continue
+        reason = reasons.get(sid) or _reason(out or rec, bar, cfg)
+        if "retrained" in rec:
+            reason = f"retrained once with a new seed, still set aside; first run {reason}"
         rec["excluded"] = reason
         excluded.append({"split_id": sid, "reason": reason, "model_dir": rec["model_dir"]})
 
     summary = {
         "protocol": plan.protocol,
         "measure_protocol": protocol(plan.resolution),
-        "threshold": round(threshold, 6),
         "threshold_rule": (
             "monitor.threshold"
             if m.threshold is not None
-            else f"max real-class MS-SSIM {plan.reference_max:.4f} + margin {m.margin}"
+            else f"each class's own real-image MS-SSIM + margin {m.margin}"
         ),
+        "rise": m.rise,
         "patience": m.patience,
         "pairs": m.pairs,
         "action": m.action,
@@ -258,7 +289,7 @@ def _assess_all(
     manifest = write_manifest(tmp / "ensemble.json", members, excluded)
     report.write_html(summary, plots, tmp / REPORT_HTML)
     write_stage_config(tmp, cfg, "monitor", plan.data_hash)
-    return MonitorResult(out_dir, out_dir / manifest.name, threshold, splits, members, excluded)
+    return MonitorResult(out_dir, out_dir / manifest.name, splits, members, excluded)
 
 
 def _member(output: Mapping[str, Any], rec: Mapping[str, Any]) -> dict[str, Any]:
@@ -283,7 +314,6 @@ def _retrain(
     cfg: Config,
     plan: SplitPlan,
     sid: int,
-    threshold: float,
     tmp: Path,
     out_dir: Path,
     tracker: Tracker,
@@ -295,7 +325,7 @@ def _retrain(
     from acgan.train import train_split_with_monitor  # the trainer imports this package
 
     where = tmp / "retrained" / f"split_{sid}"
-    log.info("split %d collapsed: retraining once with a new seed -> %s", sid, where)
+    log.info("split %d set aside: retraining once with a new seed -> %s", sid, where)
     train_split_with_monitor(
         cfg,
         sid,
@@ -307,13 +337,13 @@ def _retrain(
         attempt=1,
         progress=progress,
     )
-    rec = assess_split(cfg, plan, sid, where, threshold)
+    rec = assess_split(cfg, plan, sid, where)
     rec["model_dir"] = str(out_dir / "retrained" / f"split_{sid}")
     return rec
 
 
 def _log(run: Any, result: MonitorResult) -> None:
-    metrics: dict[str, float] = {"threshold": result.threshold}
+    metrics: dict[str, float] = {}
     for sid, rec in result.splits.items():
         final = rec.get("retrained") or rec
         for name, c in final["classes"].items():

@@ -38,7 +38,7 @@ from acgan.train.loop import (
     save_checkpoint,
     train_fingerprint,
 )
-from acgan.train.packed import PackedNets, packed_step
+from acgan.train.packed import PackedNets, check_supported, packed_step
 from acgan.train.state import (
     TrainState,
     build_state,
@@ -228,6 +228,7 @@ def train_pack(
 ) -> list[TrainResult]:
     """Train (or resume) ``split_ids`` together on one device as one batched model; split
     ``i`` writes ``out_dirs[i]``. The splits must have the same number of classes."""
+    check_supported(cfg)
     tracker = tracker or NullTracker()
     t = cfg.train
     device = resolve_device(t.device)
