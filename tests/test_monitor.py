@@ -36,7 +36,7 @@ from acgan.monitor.detector import (
     monitor_seed,
     split_status,
 )
-from acgan.monitor.stage import exclusion_bar
+from acgan.monitor.stage import set_aside
 from acgan.train import train_split, train_split_with_monitor
 
 # One check per step; the trainer's own checkpoints only at the end, so that the checkpoints
@@ -178,20 +178,20 @@ def test_a_class_hovering_at_its_threshold_is_not_collapsed() -> None:
 
 
 def test_exclusion_never_keeps_a_less_diverse_split() -> None:
-    """Splits set aside are exactly those at least as far from their real diversity as the
-    least-bad collapsed split: every kept split is more diverse than every excluded one."""
+    """A collapsed split leaves the ensemble only when it is less diverse than every split
+    that stays: every kept split is more diverse than every excluded one."""
     recs = {
-        0: {"status": COLLAPSED, "excess": 0.02},  # lost diversity, but only just above
+        0: {"status": COLLAPSED, "excess": 0.02},  # lost diversity, but still beats split 1
         1: {"status": NOT_CONVERGED, "excess": 0.15},  # never diverse, and further away
         2: {"status": HEALTHY, "excess": -0.05},
-        3: {"status": COLLAPSED, "excess": 0.30},
+        3: {"status": COLLAPSED, "excess": 0.30},  # worse than everything kept
     }
-    bar = exclusion_bar(recs)
-    aside = {sid for sid, r in recs.items() if r["excess"] >= bar}
-    assert bar == 0.02 and aside == {0, 1, 3}
+    aside = set_aside(recs)
+    assert aside == {3}
     kept = [r["excess"] for sid, r in recs.items() if sid not in aside]
     assert max(kept) < min(recs[s]["excess"] for s in aside)
-    assert exclusion_bar({0: {"status": NOT_CONVERGED, "excess": 0.5}}) is None
+    assert set_aside({0: {"status": NOT_CONVERGED, "excess": 0.5}}) == set()
+    assert set_aside({0: {"status": COLLAPSED, "excess": 0.5}}) == {0}  # nothing else to keep
 
 
 # -- in-training actions -------------------------------------------------------------------

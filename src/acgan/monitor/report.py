@@ -2,7 +2,8 @@
 
 The plot draws each class's curve (checks abandoned by a rollback or after a stop dotted and
 faded), each class's threshold as a dashed line and its real-image reference as a thin dotted
-line in the class's colour, the final measurement of the delivered weights as a star, and collapse events as crosses.
+line in the class's colour, the final measurement of the delivered weights as a star, and
+collapse events as crosses.
 The HTML report embeds the plots as base64 PNGs so it can be opened anywhere (the KFP HTML
 artifact, an MLflow artifact view, a mail attachment).
 """

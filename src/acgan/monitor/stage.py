@@ -7,14 +7,15 @@ the history of the delivered weights (checks abandoned by a rollback, or after a
 out) followed by that final measurement, so the verdict is about what the split hands on.
 
 Each class is judged against its own real reference (``healthy``, ``not_converged``,
-``collapsing``, ``collapsed``); a split takes its worst class's status. Which splits leave the
-ensemble is decided by one figure per split, its *excess*: how far its least diverse class
-sits above its own threshold. When any split collapsed, every split whose excess is at least
-that of the least-bad collapsed split is set aside (so a split is never excluded while a less
-diverse one is kept); each is retrained once with a new seed (``monitor.retrain_collapsed``,
-attempt 1 of :func:`acgan.train.train_split_with_monitor`, into
-``out_dir/retrained/split_<id>``) and the better of the two outputs is judged again, or it is
-excluded with the reason. An ensemble that misses classes fails the evaluation gate
+``collapsing``, ``collapsed``); a split takes its worst class's status. Splits are ranked by
+one figure, their *excess*: how far the least diverse class sits above its own threshold. A
+collapsed split is set aside only when it is less diverse than every split that stays (so a
+split is never excluded while a less diverse one is kept: a collapsed split that still beats
+a kept one stays, with its status saying what happened). A split set aside is retrained once
+with a new seed (``monitor.retrain_collapsed``, attempt 1 of
+:func:`acgan.train.train_split_with_monitor`, into ``out_dir/retrained/split_<id>``); the
+better of its two outputs is ranked again by the same rule, or the split is excluded with the
+reason. An ensemble that misses classes fails the evaluation gate
 (``eval.require_all_classes``). Outputs, written atomically into ``out_dir``:
 ``monitor.json``, ``plots/split_<id>.png``, ``report.html``, ``ensemble.json`` (the manifest
 evaluation and registration read) and ``config.json``; all of it is logged to the MLflow child
@@ -147,31 +148,27 @@ def assess_split(cfg: Config, plan: SplitPlan, split_id: int, model_dir: Path) -
     }
 
 
-def _reason(rec: Mapping[str, Any], bar: float | None, cfg: Config) -> str:
-    """Why a split is set aside: its own collapse, or being no more diverse than one."""
+def _reason(rec: Mapping[str, Any], cfg: Config) -> str:
+    """Why a split is set aside: its collapsed classes, and that every kept split beats it."""
     m = cfg.monitor
-    if rec["collapsed_classes"]:
-        worst = ", ".join(
-            f"{n} {rec['classes'][n]['final_msssim']:.3f} (threshold "
-            f"{rec['classes'][n]['threshold']:.3f}, best {rec['classes'][n]['best_msssim']:.3f})"
-            for n in rec["collapsed_classes"]
-        )
-        return (
-            f"collapsed: MS-SSIM above its threshold and {m.rise:g} above its best for "
-            f"{m.patience} consecutive checks ({worst})"
-        )
+    worst = ", ".join(
+        f"{n} {rec['classes'][n]['final_msssim']:.3f} (threshold "
+        f"{rec['classes'][n]['threshold']:.3f}, best {rec['classes'][n]['best_msssim']:.3f})"
+        for n in rec["collapsed_classes"]
+    )
     return (
-        f"{rec['status']}: its least diverse class is {rec['excess']:+.3f} from its threshold, "
-        f"no better than a collapsed split ({bar:+.3f})"
+        f"collapsed: MS-SSIM above its threshold and {m.rise:g} above its best for "
+        f"{m.patience} consecutive checks ({worst}), and less diverse than every split kept"
     )
 
 
-def exclusion_bar(records: Mapping[int, Mapping[str, Any]]) -> float | None:
-    """The excess of the least-bad collapsed split (None: nothing collapsed). Every split at
-    or above it is set aside: excluding a collapsed split while keeping a less diverse one
-    would rank the ensemble's members against what their samples show."""
-    collapsed = [r["excess"] for r in records.values() if r["status"] == COLLAPSED]
-    return min(collapsed) if collapsed else None
+def set_aside(records: Mapping[int, Mapping[str, Any]]) -> set[int]:
+    """The collapsed splits that are less diverse (larger excess) than every split that is not
+    collapsed: excluding a collapsed split while keeping a less diverse one would rank the
+    ensemble's members against what their samples show."""
+    others = [r["excess"] for r in records.values() if r["status"] != COLLAPSED]
+    bar = max(others, default=float("-inf"))
+    return {sid for sid, r in records.items() if r["status"] == COLLAPSED and r["excess"] > bar}
 
 
 def run_monitor(
@@ -235,12 +232,10 @@ def _assess_all(
         rec = assess_split(cfg, plan, sid, model_dir)
         plots[f"split {sid}"] = report.plot_split(rec, tmp / "plots" / f"split_{sid}.png")
         splits[sid] = rec
-    bar = exclusion_bar(splits)
-    aside = {sid for sid, r in splits.items() if bar is not None and r["excess"] >= bar}
+    aside = set_aside(splits)
     chosen: dict[int, dict[str, Any]] = {sid: r for sid, r in splits.items() if sid not in aside}
-    reasons = {sid: _reason(splits[sid], bar, cfg) for sid in aside}
     for sid in sorted(aside):
-        log.warning("split %d: %s", sid, reasons[sid])
+        log.warning("split %d set aside: %s", sid, _reason(splits[sid], cfg))
         if not m.retrain_collapsed:
             continue
         again = _retrain(
@@ -250,19 +245,19 @@ def _assess_all(
         plots[f"split {sid} (retrained)"] = report.plot_split(
             again, tmp / "plots" / f"split_{sid}_retrained.png"
         )
-        if again["excess"] < splits[sid]["excess"]:
-            chosen[sid] = again  # the better of the two outputs goes on to be judged again
-    # Judged again with the retrained outputs: the same rule, so the ensemble stays ordered.
-    bar = exclusion_bar(chosen) if aside else None
+        # the better of the two outputs is ranked again with the others, by the same rule
+        chosen[sid] = again if again["excess"] < splits[sid]["excess"] else splits[sid]
+    still = set_aside(chosen) if aside else set()
     members, excluded = [], []
     for sid in sorted(splits):
-        rec, out = splits[sid], chosen.get(sid)
-        if out is not None and (bar is None or out["excess"] < bar):
+        rec = splits[sid]
+        if sid not in aside or (m.retrain_collapsed and sid not in still):
+            out = chosen[sid]
             if out is not rec:
                 rec["status"] = RETRAINED  # the split's standing in the ensemble
             members.append(_member(out, rec))
             continue
-        reason = reasons.get(sid) or _reason(out or rec, bar, cfg)
+        reason = _reason(rec, cfg)
         if "retrained" in rec:
             reason = f"retrained once with a new seed, still set aside; first run {reason}"
         rec["excluded"] = reason
