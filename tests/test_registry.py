@@ -24,7 +24,9 @@ from acgan.models.ensemble import GENERATOR_FILE, write_manifest
 from acgan.registry.rules import decide
 from acgan.tracking import NullTracker, Tracker
 
-REG = ("registry.retries=2", "registry.retry_backoff_s=0.01")
+# turn_timeout_s: a version left unfinished (as a killed process leaves it) is taken over after
+# a second instead of a minute
+REG = ("registry.retries=2", "registry.retry_backoff_s=0.01", "registry.turn_timeout_s=1")
 
 
 # --- the rule, as a pure function -------------------------------------------------------------
