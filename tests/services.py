@@ -199,6 +199,9 @@ def mlflow_server(
     # outage tests short (the client side has its own bounded retries under test).
     env = {**os.environ, **s3_env(s3), "AWS_MAX_ATTEMPTS": "2", "AWS_RETRY_MODE": "standard"}
     env.pop("MLFLOW_TRACKING_URI", None)
+    # MLflow 3's server starts four job-runner processes (GenAI jobs) beside a database-backed
+    # store; nothing here uses them, and on 2 cores they slow every start-up
+    env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
     url = f"http://{LOOPBACK}:{port}"
     with _process(cmd, env, workdir / "server.log", f"{url}/health", timeout, while_starting):
         yield MlflowServer(url, s3, artifacts, workdir / "server.log")

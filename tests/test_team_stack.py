@@ -37,7 +37,7 @@ from services import (
     moto_s3,
     postgres,
 )
-from test_registry import make_run, perturbed_copy
+from test_registry import make_run, perturbed_copy, register_run
 
 from acgan.config import Config, load
 
@@ -94,21 +94,10 @@ def cfg(stack: Stack) -> Config:
 
 @pytest.fixture(scope="module")
 def do_register(cfg: Config, stack: Stack) -> Callable[..., Any]:
-    from acgan.registry.register import register
     from acgan.tracking import Tracker
 
-    def _do(root: Path) -> Any:
-        return register(
-            cfg,
-            root / "monitor" / "ensemble.json",
-            stack.trained.ingested,
-            root / "register",
-            Tracker(cfg.tracking.uri, cfg.tracking.experiment),
-            monitor_dir=root / "monitor",
-            eval_dir=root / "eval",
-        )
-
-    return _do
+    tracker = Tracker(cfg.tracking.uri, cfg.tracking.experiment)
+    return lambda root: register_run(cfg, root, stack.trained.ingested, tracker)
 
 
 def aliases(client: Any, name: str) -> dict[str, int]:

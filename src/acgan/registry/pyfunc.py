@@ -126,14 +126,15 @@ def load_verified(members_json: Path, artifacts: dict[str, str], device: torch.d
 
 
 def _whole(value: Any, what: str, lowest: int) -> int:
-    """A request field that must be a whole number >= ``lowest`` (JSON may send 2.0)."""
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        number = float("nan")
-    if not (np.isfinite(number) and number == int(number) and number >= lowest):
+    """A request field that must be a whole number in ``[lowest, 2**63)`` (JSON may send 2.0;
+    a seed must fit torch's generator)."""
+    whole = (isinstance(value, int | np.integer) and not isinstance(value, bool | np.bool_)) or (
+        isinstance(value, float | np.floating) and np.isfinite(value) and value == int(value)
+    )
+    number = int(value) if whole else None
+    if number is None or not lowest <= number < 2**63:
         raise AcganError(f"model input: {what}={value!r}; pass a whole number >= {lowest}")
-    return int(number)
+    return number
 
 
 def check_request(
@@ -150,7 +151,7 @@ def check_request(
     rows = []
     for row in frame.to_dict("records"):
         seed = row.get("seed")
-        missing_seed = seed is None or (isinstance(seed, float) and np.isnan(seed))
+        missing_seed = seed is None or (pd.api.types.is_scalar(seed) and pd.isna(seed))
         rows.append(
             (
                 ensemble.resolve(row["class_label"]),
