@@ -3,7 +3,7 @@ PY      ?= python3
 VENV    ?= .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
-# Images for Kubeflow (see docker/ and components/images.py).
+# Images for Kubeflow (see docker/ and components/images.py) and the team MLflow server.
 REGISTRY ?= ghcr.io/acgan-pipeline
 VERSION  := $(shell sed -n 's/^version = "\(.*\)"$$/\1/p' pyproject.toml)
 TAG      ?= $(VERSION)
@@ -43,15 +43,19 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-# Build and push both images (`make images REGISTRY=my.registry/me TAG=dev`); the components
-# default to $(REGISTRY)/acgan-{trainer,step}:$(TAG) as set in components/images.py.
+# Build and push the images (`make images REGISTRY=my.registry/me TAG=dev`); the components
+# default to $(REGISTRY)/acgan-{trainer,step}:$(TAG) as set in components/images.py;
+# acgan-mlflow is the tracking server (mlflow + the PostgreSQL driver + boto3).
 images:
 	docker build -f docker/Dockerfile.cuda --build-arg ACGAN_VERSION=$(VERSION) \
 		-t $(REGISTRY)/acgan-trainer:$(TAG) .
 	docker build -f docker/Dockerfile --build-arg ACGAN_VERSION=$(VERSION) \
 		-t $(REGISTRY)/acgan-step:$(TAG) .
+	docker build -f docker/Dockerfile.mlflow --build-arg ACGAN_VERSION=$(VERSION) \
+		-t $(REGISTRY)/acgan-mlflow:$(TAG) .
 	docker push $(REGISTRY)/acgan-trainer:$(TAG)
 	docker push $(REGISTRY)/acgan-step:$(TAG)
+	docker push $(REGISTRY)/acgan-mlflow:$(TAG)
 
 lock:
 	# regenerate the constraints from a clean resolution (slow: minutes of backtracking)

@@ -4,7 +4,9 @@ default store — `sqlite:///mlflow.db` in the working directory, what `dvc repr
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import io
 import json
 import shutil
 from dataclasses import dataclass
@@ -72,14 +74,22 @@ def test_pyfunc_routes_classes_deterministically(project: Project) -> None:
     mlflow.set_tracking_uri(project.store)
     model = mlflow.pyfunc.load_model(MODEL)
     frame = pd.DataFrame({"class_label": [0, project.names[7]], "n": [3, 2], "seed": [5, 5]})
-    out = model.predict(frame)
+    arrays = {"format": "array"}
+    out = model.predict(frame, params=arrays)
     assert out["images"].dtype == np.uint8 and out["images"].shape == (5, 32, 32, 3)
     assert out["labels"].tolist() == [0, 0, 0, 7, 7]
-    assert np.array_equal(out["images"], model.predict(frame)["images"])  # same seed, same images
-    other = model.predict(pd.DataFrame({"class_label": [0], "n": [3], "seed": [6]}))
+    again = model.predict(frame, params=arrays)["images"]
+    assert np.array_equal(out["images"], again)  # same seed, same images
+    other = model.predict(pd.DataFrame({"class_label": [0], "n": [3], "seed": [6]}), params=arrays)
     assert not np.array_equal(out["images"][:3], other["images"])
-    no_seed = model.predict(pd.DataFrame({"class_label": [0], "n": [3]}))
+    no_seed = model.predict(pd.DataFrame({"class_label": [0], "n": [3]}), params=arrays)
     assert no_seed["images"].shape == (3, 32, 32, 3)
+    # the default format: one base64 PNG per image, decoding to the same pixels
+    rows = model.predict(frame)
+    assert rows["class_label"].tolist() == [0, 0, 0, 7, 7] and rows["index"].tolist()[3:] == [0, 1]
+    assert rows["class_name"].tolist()[3] == project.names[7] and set(rows["seed"]) == {5}
+    pngs = [Image.open(io.BytesIO(base64.b64decode(b))) for b in rows["png_base64"]]
+    assert np.array_equal(np.stack([np.asarray(p) for p in pngs]), out["images"])
     with pytest.raises(Exception, match=r"'unicorn' is not in this ensemble; valid classes: 0="):
         model.predict(pd.DataFrame({"class_label": ["unicorn"], "n": [1], "seed": [0]}))
 
@@ -107,7 +117,7 @@ def test_generate_cli_from_champion_writes_every_class(
     # exactly what the registered model's predict returns for that seed ...
     mlflow.set_tracking_uri(project.store)
     pred = mlflow.pyfunc.load_model(MODEL).predict(
-        pd.DataFrame({"class_label": [7], "n": [5], "seed": [2]})
+        pd.DataFrame({"class_label": [7], "n": [5], "seed": [2]}), params={"format": "array"}
     )
     assert np.array_equal(np.stack([np.asarray(Image.open(p)) for p in files]), pred["images"])
     # ... and what the local training outputs give without any registry, batching or not

@@ -24,7 +24,9 @@ from acgan.models.ensemble import GENERATOR_FILE, write_manifest
 from acgan.registry.rules import decide
 from acgan.tracking import NullTracker, Tracker
 
-REG = ("registry.retries=2", "registry.retry_backoff_s=0.01")
+# turn_timeout_s: a version left unfinished (as a killed process leaves it) is taken over after
+# a second instead of a minute
+REG = ("registry.retries=2", "registry.retry_backoff_s=0.01", "registry.turn_timeout_s=1")
 
 
 # --- the rule, as a pure function -------------------------------------------------------------
@@ -152,20 +154,25 @@ def tracker(cfg: Config) -> Tracker:
         return Tracker(cfg.tracking.uri, cfg.tracking.experiment)
 
 
-@pytest.fixture(scope="module")
-def do_register(cfg: Config, tracker: Tracker, tiny_trained: TinyPipeline) -> Callable[..., Any]:
+def register_run(cfg: Config, root: Path, ingested: Path, tracker: Any) -> Any:
+    """``register()`` of what :func:`make_run` wrote under ``root`` (into ``root/register``)."""
     from acgan.registry.register import register
 
+    return register(
+        cfg,
+        root / "monitor" / "ensemble.json",
+        ingested,
+        root / "register",
+        tracker,
+        monitor_dir=root / "monitor",
+        eval_dir=root / "eval",
+    )
+
+
+@pytest.fixture(scope="module")
+def do_register(cfg: Config, tracker: Tracker, tiny_trained: TinyPipeline) -> Callable[..., Any]:
     def _do(root: Path, c: Config | None = None, tr: Any = None) -> Any:
-        return register(
-            c or cfg,
-            root / "monitor" / "ensemble.json",
-            tiny_trained.ingested,
-            root / "register",
-            tr or tracker,
-            monitor_dir=root / "monitor",
-            eval_dir=root / "eval",
-        )
+        return register_run(c or cfg, root, tiny_trained.ingested, tr or tracker)
 
     return _do
 

@@ -260,6 +260,20 @@ class RegistryConfig:
     retry_backoff_s: float = _f(
         1.0, "delay before the first retry, doubled at each further one", min=0.0, max=60.0
     )
+    serve_max_images: int = _f(
+        1024,
+        "most images one predict call / POST /invocations of the registered model may ask for "
+        "(refused with HTTP 400 before generating)",
+        min=1,
+        max=1_000_000,
+    )
+    turn_timeout_s: float = _f(
+        60.0,
+        "how long a registration waits for an older version still being registered (another "
+        "`acgan register`) before going ahead",
+        min=0.0,
+        max=3600.0,
+    )
 
 
 @dataclass(frozen=True)

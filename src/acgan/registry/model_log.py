@@ -20,6 +20,7 @@ from acgan.config import RegistryConfig
 from acgan.models.ensemble import Ensemble
 from acgan.models.sampling import grid_image, latents
 from acgan.registry.pyfunc import (
+    DEFAULT_MAX_IMAGES,
     MEMBERS_ARTIFACT,
     MODEL_CODE,
     artifact_key,
@@ -75,8 +76,10 @@ def log_ensemble(
     ens: Ensemble,
     members: list[dict[str, Any]],
     grid: np.ndarray,
+    max_images: int = DEFAULT_MAX_IMAGES,
 ) -> Any:
-    """Upload the sample grid and the pyfunc model (code file + generator files) to the run."""
+    """Upload the sample grid and the pyfunc model (code file + generator files) to the run;
+    ``max_images`` caps the images one predict call (one HTTP request) may ask for."""
     import mlflow
 
     retry(
@@ -97,7 +100,7 @@ def log_ensemble(
                     name=MODEL_ARTIFACT,
                     python_model=str(MODEL_CODE),
                     artifacts=artifacts,
-                    model_config={"device": "auto"},
+                    model_config={"device": "auto", "max_images": max_images},
                     signature=sig,
                     input_example=example,
                     pip_requirements=reqs,

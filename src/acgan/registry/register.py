@@ -9,7 +9,9 @@ files but without that tag, which the next ``acgan register`` of the same ensemb
 Every registry call is retried with exponential backoff (``registry.retries``,
 ``registry.retry_backoff_s``), then fails with one line. Registering the same trained
 ensemble again (same generator files, by SHA-256) reuses its version: no second version; its
-figure tags are refreshed and the champion rule is applied again.
+figure tags are refreshed and the champion rule is applied again. Concurrent registrations
+(two ``acgan register`` at once, same or different ensembles) are ordered by version number:
+see :mod:`acgan.registry.turns`.
 
 The champion rule: ``@champion`` moves to the new version only when the gate passes *and* the
 version beats the current champion on ``registry.primary_metric`` (strictly: a tie keeps the
@@ -30,16 +32,16 @@ from acgan.config import Config
 from acgan.errors import AcganError, RegistryError
 from acgan.lineage import git_commit, open_pipeline_run
 from acgan.models.ensemble import Ensemble
-from acgan.registry import model_log
+from acgan.registry import model_log, turns
 from acgan.registry.inputs import Inputs, read_inputs
 from acgan.registry.model_log import CANDIDATE, CHAMPION, HASH_TAG, METRIC_TAG
 from acgan.registry.pyfunc import members_record
 from acgan.registry.rules import Retrier
+from acgan.registry.turns import DONE_TAG
 from acgan.tracking import STAGE_TAG, NullTracker, Run, Tracker, png_bytes
 
 log = logging.getLogger(__name__)
 REGISTRATION_JSON = "registration.json"
-DONE_TAG = "acgan.registration_complete"
 SAMPLES_PNG = "samples.png"
 TAG_LIMIT = 5000  # MLflow's maximum tag value length
 
@@ -103,7 +105,8 @@ def description(cfg: Config, inp: Inputs, ens: Ensemble) -> str:
         f"classes of '{inp.dataset}' at {ens.resolution}px x {ens.channels}ch. "
         f"Data {inp.data_hash[:12]}; gate {'passed' if inp.gate_passed else 'failed'}; "
         f"{cfg.registry.primary_metric} {fig_text}. "
-        "Input: DataFrame(class_label, n, seed); output: uint8 images (N,H,W,C) + labels. "
+        "Input: DataFrame(class_label, n, seed); output: one base64 PNG per image with its "
+        "label (params format=array: uint8 images (N,H,W,C) + labels). "
         "CLI: acgan generate --model models:/NAME@champion --classes 0,1 --n 64 --out DIR"
     )
 
@@ -175,18 +178,25 @@ def register(
             client,
             name,
             digest,
-            lambda: model_log.log_ensemble(retry, tracker, run.run_id, ens, members, grid),
+            lambda: model_log.log_ensemble(
+                retry, tracker, run.run_id, ens, members, grid, cfg.registry.serve_max_images
+            ),
             tags=tags,
             description=description(cfg, inp, ens),
             run_id=run.run_id,
         )
-        if not created:  # same generators, maybe newer evidence (an evaluation since): refresh
-            model_log.refresh_tags(retry, client, name, mv, tags)
     except BaseException:
         _end_quietly(run)
         raise
     version = int(mv.version)
     try:
+        if created:  # a concurrent registration of the same ensemble may have won
+            mv, created = turns.keep_oldest(retry, client, name, digest, mv)
+            version = int(mv.version)
+        # older versions still being registered go first (the champion rule in version order)
+        mv = turns.wait_for_turn(retry, client, name, mv, created, cfg.registry.turn_timeout_s)
+        if not created:  # same generators, maybe newer evidence (an evaluation since): refresh
+            model_log.refresh_tags(retry, client, name, mv, tags)
         # A new version gets @candidate; so does an old one whose registration a killed
         # process left unfinished (it lacks the tag set as the very last step).
         unfinished = created or mv.tags.get(DONE_TAG) != "true"
