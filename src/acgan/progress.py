@@ -23,12 +23,12 @@ class _Lines:
 
     def __init__(self, stream: TextIO, interval: float) -> None:
         self._stream, self._interval = stream, interval
-        self._last = -float("inf")
+        self._last, self._shown = -float("inf"), ""
         self._pending: str | None = None
 
     def _emit(self, line: str) -> None:
         self._stream.write(line + "\n")
-        self._last, self._pending = time.monotonic(), None
+        self._last, self._shown, self._pending = time.monotonic(), line, None
 
     def write(self, text: str) -> int:
         line = text.replace("\r", "").strip()
@@ -36,12 +36,19 @@ class _Lines:
             self._emit(line)
         elif line:
             self._pending = line
-        elif "\n" in text and self._pending:  # tqdm closes a kept bar with a newline
+        # tqdm closes a kept bar with a newline after redrawing its final count, which may be
+        # on a line already (only the rate would differ)
+        elif "\n" in text and self._pending and _count(self._pending) != _count(self._shown):
             self._emit(self._pending)
         return len(text)
 
     def flush(self) -> None:
         self._stream.flush()
+
+
+def _count(line: str) -> str:
+    """A bar's line without its timing part (``[elapsed<left, rate]``)."""
+    return line.split("[")[0]
 
 
 def _is_terminal(stream: Any) -> bool:
