@@ -10,7 +10,7 @@ TAG      ?= $(VERSION)
 
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: demo test lint install images lock clean-outputs
+.PHONY: demo test lint install images lock clean-outputs screenshots
 
 install: $(STAMP)
 
@@ -33,8 +33,18 @@ demo: $(STAMP)
 	@echo "  data/ingested/manifest.json   the ingested dataset (Parquet shards)"
 	@echo "  data/splits/splits.json       the class split plan + real-image MS-SSIM"
 	@echo "  models/split_*/               one generator per split (samples.png, history.json)"
-	@ls -d reports 2>/dev/null >/dev/null && echo "  reports/                      monitor / evaluation / registration reports" || true
-	@echo "Open MLflow:  $(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db"
+	@echo "  reports/monitor/report.html   the collapse monitor's verdict per split and class"
+	@echo "  reports/eval/report.html      the evaluation: gate, figures, sample grids"
+	@echo "  dvc metrics show              the headline figures;  dvc plots show: the charts"
+	@echo ""
+	@echo "MLflow:  $(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db    then open"
+	@$(BIN)/python -c 'import json; r = json.load(open("reports/register/registration.json")); [print(f"  {k:18} {v}") for k, v in (r.get("links") or {}).items() if v]' 2>/dev/null || true
+	@echo "Images:  $(BIN)/acgan generate --classes 0,1 --n 8 --out generated   (docs/user-guide.md)"
+
+# After `make demo`: the MLflow pages and both reports as PNGs in docs/screenshots (headless
+# Chromium; skipped with a message where there is none).
+screenshots: $(STAMP)
+	$(BIN)/python scripts/screenshots.py --repo . --out docs/screenshots
 
 test: $(STAMP)
 	$(BIN)/pytest -q
@@ -64,4 +74,4 @@ lock:
 	/tmp/acgan-lock/bin/pip freeze --exclude-editable | grep -v '^acgan' > requirements/constraints.txt
 
 clean-outputs:
-	rm -rf data/ingested data/splits models reports checkpoints mlflow.db mlruns mlartifacts
+	rm -rf data/ingested data/splits models judge reports checkpoints mlflow.db mlruns mlartifacts dvc.lock

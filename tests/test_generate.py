@@ -113,7 +113,9 @@ def test_generate_cli_from_champion_writes_every_class(
     assert sorted(p.name for p in out.iterdir()) == sorted([names[3], names[7]])
     files = sorted((out / names[7]).iterdir())
     assert [p.name for p in files] == [f"{i:04d}.png" for i in range(5)]
-    assert Image.open(grid).size == (5 * 34 + 2, 2 * 34 + 2)  # a row per class, 2 px padding
+    # a row per class, each image upscaled to 64 px (2 px padding), the class names on the left
+    width, height = Image.open(grid).size
+    assert height == 2 * 66 + 2 and width > 5 * 66 + 2
     # exactly what the registered model's predict returns for that seed ...
     mlflow.set_tracking_uri(project.store)
     pred = mlflow.pyfunc.load_model(MODEL).predict(
@@ -175,3 +177,42 @@ def test_generate_bad_input_fails_in_one_line(
     with pytest.raises(AcganError, match=r"models:/acgan-synthetic@nope: could not load from"):
         generate_images("models:/acgan-synthetic@nope", tmp_path / "g", tracking_uri=project.store)
     assert not (tmp_path / "g").exists()
+
+
+def test_generate_without_champion_falls_back_to_candidate_and_names_what_exists(
+    project: Project, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mlflow import MlflowClient
+
+    from acgan.cli import main
+    from acgan.registry.generate import choose_model
+
+    name, uri = "acgan-synthetic", project.store
+    monkeypatch.chdir(project.root)  # where reports/monitor/ensemble.json is
+    local = "--model reports/monitor/ensemble.json"
+    with pytest.raises(AcganError) as err:
+        choose_model(f"models:/{name}@nope", name, uri)
+    msg = str(err.value)
+    assert "has no alias @nope" in msg and "@candidate = v1, @champion = v1" in msg
+    assert "its versions: 1" in msg and local in msg
+    with pytest.raises(AcganError, match=r"has no version 9 .*its versions: 1"):
+        choose_model(f"models:/{name}/9", name, uri)
+    with pytest.raises(AcganError, match=rf"no registered model 'other' .*models there: {name}"):
+        choose_model("models:/other@champion", name, uri)
+    assert choose_model(None, name, uri) == (f"models:/{name}@champion", None)
+
+    client = MlflowClient(uri)
+    client.delete_registered_model_alias(name, "champion")  # as after a failed gate
+    try:
+        chosen, note = choose_model(None, name, uri)
+        assert chosen == f"models:/{name}@candidate" and "using @candidate, version 1" in note
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+        out = tmp_path / "x"
+        main(["generate", "--classes", "0,1", "--n", "2", "--out", str(out)])  # the defaults
+        assert sorted(len(list(d.iterdir())) for d in out.iterdir()) == [2, 2]
+        client.delete_registered_model_alias(name, "candidate")
+        with pytest.raises(AcganError, match=rf"has no alias @champion .*aliases: none.*{local}"):
+            choose_model(None, name, uri)
+    finally:
+        client.set_registered_model_alias(name, "candidate", 1)
+        client.set_registered_model_alias(name, "champion", 1)

@@ -26,7 +26,7 @@ from acgan.data.splits import load_plan
 from acgan.errors import AcganError, DataError
 from acgan.models.acgan import Generator
 from acgan.models.ensemble import read_manifest
-from acgan.monitor import CollapseMonitor, run_monitor, sample_msssim, thresholds_for
+from acgan.monitor import CollapseMonitor, run_monitor, sample_msssim, status, thresholds_for
 from acgan.monitor.detector import (
     COLLAPSED,
     COLLAPSING,
@@ -334,6 +334,9 @@ def test_run_monitor_excludes_then_retrains_a_collapsed_split(
     assert [e["split_id"] for e in res.excluded] == [0]
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") == 2 and "Excluded from the ensemble" in html
+    # the headline speaks the shared vocabulary and carries the class tally
+    assert f"Split 0: {status.badge(COLLAPSED)} <small>5 of 5 classes collapsed</small>" in html
+    assert doc["excluded"][0]["status"] == COLLAPSED
 
     res2 = run_monitor(
         replace(cfg, monitor={"retrain_collapsed": True}),
@@ -410,6 +413,10 @@ def test_monitor_cli_end_to_end_with_mlflow(
     plots = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
     assert plots == {"plots/split_0.png", "plots/split_1.png"}
     assert run.data.tags["mlflow.parentRunId"]
+    doc = json.loads((tmp_path / "mon/monitor.json").read_text())
+    health = {k: r["status"] for k, r in doc["splits"].items()}
+    assert json.loads(run.data.tags["acgan.split_health"]) == health
+    assert run.data.tags["mlflow.source.name"] == "acgan monitor"
 
     # Bad input: a missing split output is one line on stderr and exit status 2.
     argv[argv.index("--models") + 1] = str(tmp_path / "nothing")

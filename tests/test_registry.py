@@ -217,6 +217,19 @@ def test_first_version_becomes_champion_with_lineage(
     assert "AC-GAN ensemble" in mv.description
     rec = json.loads((root / "register" / "registration.json").read_text())
     assert rec["version"] == 1 and rec["champion"] and rec["model_uri"] == "models:/acgan-test/1"
+    # the version and its logged model point at each other (the UI shows both links) ...
+    logged = client.get_logged_model(mv.source.removeprefix("models:/"))
+    listed = json.loads(logged.tags["mlflow.modelVersions"])
+    assert listed == [{"name": "acgan-test", "version": "1"}]
+    assert logged.source_run_id == res.run_id == mv.run_id
+    # ... the description's command names this version, and the pipeline's run is over
+    assert "acgan generate --model models:/acgan-test/1 --classes 0,1" in mv.description
+    assert (
+        rec["generate"] in mv.description and "/versions/1?workflowType" in rec["links"]["version"]
+    )
+    parent = client.get_run(rec["pipeline_run_id"])
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags["acgan.model_uri"] == "models:/acgan-test/1"
     assert Image.open(root / "register" / "samples.png").size[0] > 0
     # the logged model is code + weights: no pickle anywhere, and it has its signature
     local = Path(client.download_artifacts(res.run_id, "", str(tmp_path / "dl")))

@@ -67,9 +67,14 @@ def with_config(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def make_tracker(cfg: config_mod.Config) -> Any:
+    """The tracker of this command; its runs name it (and the git commit) as their source."""
+    from acgan.lineage import source_tags
     from acgan.tracking import make_tracker as _make
 
-    return _make(cfg.tracking.enabled, cfg.tracking.uri, cfg.tracking.experiment)
+    ctx = click.get_current_context(silent=True)
+    command = f"acgan {ctx.info_name}" if ctx is not None else "acgan"
+    t = cfg.tracking
+    return _make(t.enabled, t.uri, t.experiment, source_tags(command) if t.enabled else None)
 
 
 def echo_json(obj: Any) -> None:
@@ -424,8 +429,9 @@ def register(
 @click.option(
     "--model",
     default=None,
-    help="models:/NAME@champion (default: registry.model_name),"
-    " models:/NAME/3, runs:/ID/ensemble, a pyfunc dir or reports/monitor/ensemble.json.",
+    help="models:/NAME@champion (default: registry.model_name's @champion, else its"
+    " @candidate), models:/NAME/3, runs:/ID/ensemble, a pyfunc dir or"
+    " reports/monitor/ensemble.json.",
 )
 @click.option(
     "--classes", default=None, help="Comma-separated class indices or names [default: all]."
@@ -458,10 +464,13 @@ def generate(
       acgan generate --model models:/acgan-cifar10/2 --classes cat,dog --seed 1
       acgan generate --model reports/monitor/ensemble.json --n 8   # no registry needed
     """
-    from acgan.registry.generate import generate_images
+    from acgan.registry.generate import choose_model, generate_images
 
+    chosen, note = choose_model(model, cfg.model_name, cfg.tracking.uri)
+    if note:
+        click.echo(f"acgan: {note}", err=True)
     res = generate_images(
-        model or f"models:/{cfg.model_name}@champion",
+        chosen,
         Path(out),
         classes=[c.strip() for c in classes.split(",") if c.strip()] if classes else None,
         n=n,

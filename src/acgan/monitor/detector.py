@@ -37,13 +37,8 @@ from acgan.config import MonitorConfig
 from acgan.metrics.msssim import msssim_pairs
 from acgan.models.acgan import Generator
 from acgan.models.sampling import latents
+from acgan.monitor.status import COLLAPSED, COLLAPSING, HEALTHY, NOT_CONVERGED  # vocabulary
 
-HEALTHY, NOT_CONVERGED, COLLAPSING, COLLAPSED = (
-    "healthy",
-    "not_converged",
-    "collapsing",
-    "collapsed",
-)
 # Worst first: a split's status is the worst of its classes'.
 SEVERITY = (COLLAPSED, COLLAPSING, NOT_CONVERGED, HEALTHY)
 _Z_SEED = 20_170_901  # fixed latent codes of the monitor (offset by the split id)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from acgan.checkpoint import atomic_write_bytes
+from acgan.monitor import status
 
 
 def plot_split(rec: Mapping[str, Any], path: Path) -> Path:
@@ -58,10 +59,11 @@ def plot_split(rec: Mapping[str, Any], path: Path) -> Path:
     ax.set_xlabel("training step")
     ax.set_ylabel("mean pairwise MS-SSIM of samples")
     ax.set_ylim(0.0, 1.02)
-    title = f"split {rec['split_id']}: {rec['status']}"
+    title = f"split {rec['split_id']}: {status.label(rec['status'])}"
     if rec.get("rollbacks"):
         title += f" ({rec['rollbacks']} rollback{'s' if rec['rollbacks'] != 1 else ''})"
-    ax.set_title(title + "   (x: collapse event, *: delivered weights)", fontsize=10)
+    tally = status.tally(c["status"] for c in rec["classes"].values())
+    ax.set_title(f"{title}: {tally}\n(x: collapse event, *: delivered weights)", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
     fig.tight_layout()
@@ -98,9 +100,9 @@ def _esc(value: Any) -> str:
 
 def _split_section(sid: str, rec: Mapping[str, Any]) -> str:
     rows = "".join(
-        f"<tr class='{_esc(c['status'])}'><td>{_esc(name)}</td><td>{c['final_msssim']:.4f}</td>"
+        f"<tr><td>{_esc(name)}</td><td>{c['final_msssim']:.4f}</td>"
         f"<td>{'' if c['reference'] is None else format(c['reference'], '.4f')}</td>"
-        f"<td>{c['threshold']:.4f}</td><td>{_esc(c['status'])}</td></tr>"
+        f"<td>{c['threshold']:.4f}</td><td>{status.badge(c['status'])}</td></tr>"
         for name, c in rec["classes"].items()
     )
     events = "".join(
@@ -118,10 +120,14 @@ def _split_section(sid: str, rec: Mapping[str, Any]) -> str:
         r = rec["retrained"]
         extra += (
             f"<p>Retrained once with a new seed &rarr; <code>{_esc(r['model_dir'])}</code>: "
-            f"{_esc(r['status'])}</p>"
+            f"{status.badge(r['status'])}</p>"
         )
+    # The headline carries the class tally, so it never reads "healthy" above a table of
+    # classes that are not.
+    tally = status.tally(c["status"] for c in rec["classes"].values())
     return (
-        f"<h2>Split {_esc(sid)}: {_esc(rec['status'])}</h2>"
+        f"<h2>Split {_esc(sid)}: {status.badge(rec['status'])} "
+        f"<small>{_esc(tally)}</small></h2>"
         f"<p><code>{_esc(rec['model_dir'])}</code>, step {rec['step']}"
         f"{', stopped early' if rec.get('stopped_early') else ''}, "
         f"{rec.get('rollbacks', 0)} rollback(s)"
@@ -133,7 +139,12 @@ def _split_section(sid: str, rec: Mapping[str, Any]) -> str:
     )
 
 
-def write_html(summary: Mapping[str, Any], plots: Mapping[str, Path], path: Path) -> Path:
+def write_html(
+    summary: Mapping[str, Any],
+    plots: Mapping[str, Path],
+    path: Path,
+    links: Mapping[str, str | None] | None = None,
+) -> Path:
     """The stage's report: settings, per-split tables and events, the plots inline."""
     images = "".join(
         f"<figure><img alt='{_esc(label)}' src='data:image/png;base64,"
@@ -141,7 +152,10 @@ def write_html(summary: Mapping[str, Any], plots: Mapping[str, Path], path: Path
         "</figcaption></figure>"
         for label, p in plots.items()
     )
-    sections = "".join(_split_section(sid, rec) for sid, rec in summary["splits"].items())
+    splits = summary["splits"]
+    sections = "".join(_split_section(sid, rec) for sid, rec in splits.items())
+    codes = [rec["status"] for rec in splits.values()]
+    codes += [c["status"] for rec in splits.values() for c in rec["classes"].values()]
     members = ", ".join(str(m["split_id"]) for m in summary["members"]) or "none"
     retrain = "yes" if summary["retrain_collapsed"] else "no"
     doc = f"""<!doctype html>
@@ -151,11 +165,14 @@ body {{ font-family: sans-serif; margin: 2em; max-width: 70em; }}
 table {{ border-collapse: collapse; margin: 0.5em 0; }}
 td, th {{ border: 1px solid #ccc; padding: 0.2em 0.6em; text-align: right; }}
 td:first-child, th:first-child {{ text-align: left; }}
-tr.collapsed td {{ background: #fdd; }} tr.collapsing td {{ background: #ffe9c7; }}
-tr.not_converged td {{ background: #eee; }} .bad {{ color: #a00; font-weight: bold; }}
+h2 small {{ font-weight: normal; color: #57606a; font-size: 0.7em; }}
+.bad {{ color: #a00; font-weight: bold; }}
+dl.legend dt {{ float: left; clear: left; width: 9em; }} dl.legend dd {{ margin-left: 9.5em; }}
 figure {{ display: inline-block; margin: 0.5em; }} img {{ max-width: 100%; }}
+{status.BADGE_CSS}
 </style></head><body>
 <h1>Collapse monitor</h1>
+{status.links_html(links or {}, {"run": "the monitor's run"})}
 <p>Mean pairwise MS-SSIM of samples from fixed latent codes ({_esc(summary["measure_protocol"])},
 {summary["pairs"]} pairs per class), against each class's threshold
 ({_esc(summary["threshold_rule"])}). A class is <b>healthy</b> at or below its threshold,
@@ -165,6 +182,8 @@ and <b>collapsed</b> when, after having been healthy, it stays above the thresho
 takes its worst class's status. In-training action:
 <b>{_esc(summary["action"])}</b>; retrain collapsed splits: {retrain}.</p>
 <p>Ensemble members: <b>{_esc(members)}</b>; excluded: {len(summary["excluded"])}.</p>
+<h2>Statuses</h2>
+{status.legend_html(codes)}
 {sections}
 <h2>Plots</h2>
 {images}

@@ -31,8 +31,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tqdm.auto import tqdm
-
 from acgan.checkpoint import atomic_dir, atomic_write_json, one_line
 from acgan.config import Config
 from acgan.data.splits import SplitPlan, load_plan
@@ -50,12 +48,13 @@ from acgan.monitor.detector import (
     split_status,
     thresholds_for,
 )
+from acgan.monitor.status import RETRAINED
+from acgan.progress import progress_bar
 from acgan.tracking import STAGE_TAG, NullTracker, Tracker
 
 log = logging.getLogger(__name__)
 
 MONITOR_JSON = "monitor.json"
-RETRAINED = "retrained"  # a split's status once a collapsed split has been retrained healthy
 REPORT_HTML = "report.html"
 
 
@@ -189,6 +188,7 @@ def run_monitor(
     dirs = find_split_dirs(models_root, cfg.split.ids)
     parent = open_pipeline_run(tracker, cfg, plan.data_hash, parent_run_id)
     run = tracker.child_run(parent, "monitor", tags={STAGE_TAG: "monitor"}, params=cfg.flat())
+    links = {"run": tracker.run_url(run.run_id), "hint": tracker.ui_hint}
     status = "FAILED"
     try:
         with atomic_dir(out_dir) as tmp:
@@ -202,6 +202,7 @@ def run_monitor(
                 parent_id=parent.run_id,
                 checkpoint_root=checkpoint_root,
                 progress=progress,
+                links=links,
             )
         result.run_id = run.run_id
         _log(run, result)
@@ -222,13 +223,16 @@ def _assess_all(
     parent_id: str,
     checkpoint_root: Path,
     progress: bool,
+    links: dict[str, str | None],
 ) -> MonitorResult:
     """Everything but the MLflow run: assess, retrain or exclude, write the files into ``tmp``
     (which becomes ``out_dir``)."""
     m = cfg.monitor
     splits: dict[int, dict[str, Any]] = {}
     plots: dict[str, Path] = {}
-    for sid, model_dir in tqdm(dirs.items(), desc="monitor", unit="split", disable=not progress):
+    for sid, model_dir in progress_bar(
+        dirs.items(), desc="monitor", unit="split", disable=not progress
+    ):
         rec = assess_split(cfg, plan, sid, model_dir)
         plots[f"split {sid}"] = report.plot_split(rec, tmp / "plots" / f"split_{sid}.png")
         splits[sid] = rec
@@ -261,7 +265,14 @@ def _assess_all(
         if "retrained" in rec:
             reason = f"retrained once with a new seed, still set aside; first run {reason}"
         rec["excluded"] = reason
-        excluded.append({"split_id": sid, "reason": reason, "model_dir": rec["model_dir"]})
+        excluded.append(
+            {
+                "split_id": sid,
+                "status": rec["status"],
+                "reason": reason,
+                "model_dir": rec["model_dir"],
+            }
+        )
 
     summary = {
         "protocol": plan.protocol,
@@ -282,7 +293,7 @@ def _assess_all(
     }
     atomic_write_json(tmp / MONITOR_JSON, summary)
     manifest = write_manifest(tmp / "ensemble.json", members, excluded)
-    report.write_html(summary, plots, tmp / REPORT_HTML)
+    report.write_html(summary, plots, tmp / REPORT_HTML, links)
     write_stage_config(tmp, cfg, "monitor", plan.data_hash)
     return MonitorResult(out_dir, out_dir / manifest.name, splits, members, excluded)
 
@@ -359,6 +370,10 @@ def _log(run: Any, result: MonitorResult) -> None:
         {
             "acgan.monitor.members": ",".join(str(m["split_id"]) for m in result.members),
             "acgan.monitor.excluded": ",".join(str(e["split_id"]) for e in result.excluded),
+            # the same codes as monitor.json, the reports and the registry's tag
+            "acgan.split_health": json.dumps(
+                {str(k): r["status"] for k, r in result.splits.items()}
+            ),
         }
     )
 

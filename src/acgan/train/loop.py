@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import torch
-from tqdm.auto import tqdm
 
 from acgan import checkpoint
 from acgan.checkpoint import atomic_write_json
@@ -29,6 +28,7 @@ from acgan.lineage import EXECUTION_KEYS, open_pipeline_run, stage_record
 from acgan.models.acgan import to_float
 from acgan.models.losses import d_loss, g_loss
 from acgan.models.sampling import class_grid
+from acgan.progress import progress_bar
 from acgan.tracking import SPLIT_TAG, NullTracker, Run, Tracker, png_bytes
 from acgan.train import augment
 from acgan.train.state import (
@@ -301,7 +301,7 @@ def train_split(
     # A hook that ended training (the collapse monitor's "stop") marks the state, so that
     # re-running the same training reproduces its output instead of training past the stop.
     count, stopped, status = 0, bool(state.extra.get("stopped")), "FAILED"
-    bar = tqdm(
+    bar = progress_bar(
         total=t_cfg.steps,
         initial=state.step,
         desc=f"train split {split_id}",
@@ -338,7 +338,10 @@ def train_split(
                     if s % hook.every == 0 and hook(ctx) == "stop":
                         stopped = True
                 if s % t_cfg.sample_every == 0:
-                    run.log_image(class_grid(state.sampler), f"samples/step_{s:07d}.png")
+                    run.log_image(
+                        class_grid(state.sampler, names=meta["class_names"]),
+                        f"samples/step_{s:07d}.png",
+                    )
                 if s % t_cfg.checkpoint_every == 0 or s == t_cfg.steps or stopped or sig["term"]:
                     state.extra["events"] = ctx.events
                     save_checkpoint(ctx, meta, t_cfg.keep_checkpoints)
@@ -356,7 +359,7 @@ def train_split(
             run.end(status)
 
     final = history[-1] if history else {}
-    grid = class_grid(state.sampler)
+    grid = class_grid(state.sampler, names=meta["class_names"])
     summary = {
         "split_id": split_id,
         "step": state.step,
