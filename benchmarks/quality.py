@@ -94,11 +94,14 @@ def data_overrides(data: str, channels: int | None) -> list[str]:
 def prepare(work: Path, overrides: list[str], progress: bool) -> tuple[Path, int]:
     """Ingest and judge once per dataset; returns its directory and its class count."""
     from acgan.config import load
+    from acgan.data import synthetic
     from acgan.data.ingest import ingest, load_manifest
     from acgan.evaluate import train_judge
 
     cfg = load(None, overrides)
-    root = work / f"data-{cfg.fingerprint('data')}"
+    # the synthetic images are made by code: a new version of it is a new dataset
+    version = f"-v{synthetic.VERSION}" if cfg.data.source == "synthetic" else ""
+    root = work / f"data-{cfg.fingerprint('data')}{version}"
     if not (root / "ingested" / "manifest.json").is_file():
         ingest(cfg.data, root / "ingested", progress=progress)
     if not (root / "judge" / "judge.json").is_file():
@@ -312,7 +315,8 @@ def main(argv: list[str] | None = None) -> None:
                 # a recipe may set its own budget (e.g. an untrained baseline: train.steps=1)
                 ov = [*base, *split_ov, f"train.steps={steps}", *r.overrides]
                 t = time.perf_counter()
-                res = run_recipe(root, splits, ov, _slug(label), a.progress, a.max_splits)
+                # cached by recipe and budget: the ensemble of --mode split is the recipes run
+                res = run_recipe(root, splits, ov, _slug(r.label), a.progress, a.max_splits)
                 res["label"] = label
                 results.append(res)
                 print(f"  {label}: {time.perf_counter() - t:.0f} s", file=sys.stderr, flush=True)

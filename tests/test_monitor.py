@@ -34,6 +34,7 @@ from acgan.monitor.detector import (
     NOT_CONVERGED,
     apply_rule,
     monitor_seed,
+    replay,
     split_status,
 )
 from acgan.monitor.stage import set_aside
@@ -50,6 +51,7 @@ MON = (
     "monitor.pairs=4",
     "monitor.threshold=0.999",
     "monitor.rise=0",  # the injected collapse rises from ~0.97 to 1.0
+    "monitor.warmup=0",  # a collapse injected at any step counts
 )
 
 
@@ -124,10 +126,10 @@ class RealImages(nn.Module):
 def test_detector_flags_identical_samples_not_real_data(
     make_cfg: Callable[..., Config], synthetic_splits: Path
 ) -> None:
-    # 8 pairs of 20 images per class: sampling noise of ~0.03 against the reference's own, so
+    # 8 pairs of 20 images per class: sampling noise of ~0.05 against the reference's own, so
     # a wider margin than the default 0.05 (which assumes monitor.pairs 50, reference 100)
     cfg = make_cfg(
-        "monitor.pairs=8", "monitor.patience=2", "monitor.rise=0.1", "monitor.margin=0.1"
+        "monitor.pairs=8", "monitor.patience=2", "monitor.rise=0.1", "monitor.margin=0.15"
     )
     plan = load_plan(synthetic_splits)
     spec = plan.split(0)
@@ -177,6 +179,20 @@ def test_a_class_hovering_at_its_threshold_is_not_collapsed() -> None:
     assert split_status([HEALTHY, HEALTHY]) == HEALTHY
 
 
+def test_checks_in_the_warm_up_do_not_arm_the_rule() -> None:
+    """A generator still drawing noise scores as diverse (0.15) and rises as it learns the
+    shapes (0.45): within ``monitor.warmup`` that is learning, not a collapse; after it, the
+    same fall in diversity is one."""
+    t = {"a": 0.3}
+    curve = [(100, {"a": 0.15}), (200, {"a": 0.2}), (300, {"a": 0.45}), (400, {"a": 0.46})]
+    learning = replay(curve, t, 2, 0.1, warm_step=500)
+    assert learning["a"]["status"] == NOT_CONVERGED and not learning["a"]["armed"]
+    assert learning["a"]["best"] is None
+    later = [(600, {"a": 0.25}), (700, {"a": 0.45}), (800, {"a": 0.46})]
+    assert replay([*curve, *later], t, 2, 0.1, warm_step=500)["a"]["status"] == COLLAPSED
+    assert replay(curve, t, 2, 0.1)["a"]["status"] == COLLAPSED  # no warm-up: called collapsed
+
+
 def test_exclusion_never_keeps_a_less_diverse_split() -> None:
     """A collapsed split leaves the ensemble only when it is less diverse than every split
     that stays: every kept split is more diverse than every excluded one."""
@@ -191,7 +207,10 @@ def test_exclusion_never_keeps_a_less_diverse_split() -> None:
     kept = [r["excess"] for sid, r in recs.items() if sid not in aside]
     assert max(kept) < min(recs[s]["excess"] for s in aside)
     assert set_aside({0: {"status": NOT_CONVERGED, "excess": 0.5}}) == set()
-    assert set_aside({0: {"status": COLLAPSED, "excess": 0.5}}) == {0}  # nothing else to keep
+    # every split collapsed: none is less diverse than a kept one, so the ensemble keeps them
+    # (their status says collapsed; the gate judges the samples)
+    assert set_aside({0: {"status": COLLAPSED, "excess": 0.5}}) == set()
+    assert set_aside({0: recs[0], 3: recs[3]}) == set()
 
 
 # -- in-training actions -------------------------------------------------------------------

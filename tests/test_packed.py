@@ -25,6 +25,7 @@ STEPS = 2
 # dropout is exactly a Bernoulli mask that a split's own generator can reproduce (CUDA's fused
 # dropout kernel draws differently, so there the modes agree in distribution only).
 PACK_TRAIN = (
+    "recipe=paper",  # the batched model is the paper's network (other recipes: pack 1)
     "train.device=cpu",
     f"train.steps={STEPS}",
     "train.batch_size=8",

@@ -257,5 +257,5 @@ def test_default_recipe_learns_the_classes_of_real_images(tmp_path: Path) -> Non
     acc = [
         h["d_acc_real"] for h in json.loads((res.out_dir / "history.json").read_text())["history"]
     ]
-    early, late = acc[0], sum(acc[-3:]) / 3
-    assert late >= 0.8 and late > early + 0.2, acc
+    late = sum(acc[-3:]) / 3  # of the last 30 steps' batches
+    assert late >= 0.9, acc  # chance is 1/3

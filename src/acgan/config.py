@@ -69,7 +69,9 @@ class SplitConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """The networks. Every default is the paper's (Tables 1-2) unless a recipe changes it."""
+    """The networks. The defaults are the project's recipe (docs/quality.md: the paper's
+    networks without D's dropout, with nearest-neighbour upsampling and a G two thirds as wide);
+    ``recipe: paper`` restores Tables 1-2 exactly."""
 
     latent_dim: int = _f(100, "noise dimensions; G's input is one-hot(classes) + noise", min=1)
     g_widths: list[int] | None = _f(
@@ -78,8 +80,14 @@ class ModelConfig:
         "384, 192, 96 at 32 px)",
         min=1,
     )
+    g_width_scale: float = _f(
+        0.667,
+        "multiplies the paper's G widths when g_widths is null (2/3: 256, 128, 64 at 32 px)",
+        min=0.05,
+        max=4.0,
+    )
     g_upsample: str = _f(
-        "transposed5",
+        "nearest",
         "G's doubling: the paper's 5x5 stride-2 transposed conv, a 4x4 one, or "
         "nearest-neighbour + 3x3 conv (no checkerboards)",
         choices=("transposed5", "transposed4", "nearest"),
@@ -97,7 +105,7 @@ class ModelConfig:
     )
     d_spectral_norm: bool = _f(False, "spectral normalisation of every D weight (Miyato 2018)")
     d_dropout: float = _f(
-        0.5,
+        0.0,
         "dropout after each D layer (the paper: 0.5; short runs learn faster with less)",
         min=0.0,
         max=0.9,
@@ -128,7 +136,7 @@ class TrainConfig:
         choices=("bce", "hinge"),
     )
     fake_class_loss: bool = _f(
-        True, "D's class loss includes G's samples (paper); false: real images only (ACGAN-Mod)"
+        False, "D's class loss includes G's samples (paper); false: real images only (ACGAN-Mod)"
     )
     class_weight: float = _f(
         1.0, "weight of the class loss in D's and G's objectives", min=0.0, max=100.0
@@ -175,6 +183,13 @@ class MonitorConfig:
     rise: float = _f(
         0.1,
         "a collapse also needs the class's MS-SSIM this far above its own best (the trend)",
+        min=0.0,
+        max=1.0,
+    )
+    warmup: float = _f(
+        0.5,
+        "fraction of train.steps whose checks neither arm the collapse rule nor set a class's "
+        "best (a generator still learning its classes scores as diverse: noise is)",
         min=0.0,
         max=1.0,
     )

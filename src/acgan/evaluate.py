@@ -48,7 +48,6 @@ class EvalResult:
     timings: dict[str, float] = field(default_factory=dict)  # seconds per phase and metric
 
 
-# (figure, direction, config key); a key set to null switches its check off.
 # What to do next when a gate check fails (the last field of GATE_CHECKS).
 _UNRECOGNISED = (
     "the judge does not recognise the samples' classes: train longer (train.steps) or on a "
@@ -62,7 +61,8 @@ _ALIKE = (
     "too many classes' samples look alike: train longer, or act on collapse (monitor.action: "
     "rollback, monitor.retrain_collapsed: true); the monitor report shows which classes"
 )
-# (figure, comparison, eval.* key of its limit, what to do when the check fails)
+# (figure, comparison, eval.* key of its limit, what to do when the check fails); a limit set
+# to null switches its check off.
 GATE_CHECKS: tuple[tuple[str, str, str, str], ...] = (
     ("judge_skill", ">=", "min_skill", _UNRECOGNISED),
     ("fid_ratio", "<=", "max_fid_ratio", _FAR),

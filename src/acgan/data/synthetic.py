@@ -1,8 +1,8 @@
 """The built-in, deterministic class-conditional dataset: ten kinds of shapes.
 
 It exists so that the whole pipeline (and its tests) runs without downloading anything. Each
-class is a shape that stays recognisable at 32x32 and in grayscale: foreground and background
-colours are drawn far apart in *luminance*, not just in hue. Within a class, position, scale,
+class is a shape that stays recognisable at 32x32 and in grayscale: a light shape of any hue on a
+dark background of any hue (drawn apart in *luminance*, not just in hue). Within a class, position, scale,
 colours and (where it does not turn the shape into another class) rotation vary, and light
 noise makes every image unique, so a collapsed generator is visible in MS-SSIM.
 
@@ -31,9 +31,16 @@ CLASS_NAMES: tuple[str, ...] = (
     "checker",
 )
 
+# Bumped whenever the images change (caches keyed on the data's settings then start afresh).
+# 3: light shapes on dark backgrounds, both of any hue, nearer the centre (2: anywhere in the
+# frame; 1: any two colours far apart in luma).
+VERSION = 3
+
 _SUPERSAMPLE = 4
 _NOISE_STD = 4.0  # grey levels: enough to make images unique, too little to hide a shape
-_MIN_LUMA_GAP = 90.0  # of 255: keeps the shape visible after conversion to 1 channel
+_BG_LUMA_MAX = 90.0  # of 255: backgrounds are dark, shapes light, in colour and in grayscale
+_FG_LUMA_MIN = 165.0
+_LUMA = np.array([0.299, 0.587, 0.114])
 
 Point = tuple[float, float]
 _Shape = Callable[[float], list[list[Point]]]
@@ -131,22 +138,22 @@ _ROTATION: dict[str, float] = {
 
 
 def _colours(rng: np.random.Generator) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
-    """Background and foreground RGB whose luminances (ITU-R 601, as PIL's "L") differ by at
-    least ``_MIN_LUMA_GAP``."""
-    luma = np.array([0.299, 0.587, 0.114])
-    bg = rng.integers(0, 256, 3)
-    fg = rng.integers(0, 256, 3)
-    for _ in range(16):
-        if abs(float(luma @ (fg - bg))) >= _MIN_LUMA_GAP:
-            break
-        fg = rng.integers(0, 256, 3)
-    else:
-        # Rare: fall back to the colour opposite the background, which is always far enough
-        # unless the background is mid-grey — then push the foreground to an extreme.
-        fg = 255 - bg
-        if abs(float(luma @ (fg - bg))) < _MIN_LUMA_GAP:
-            fg = np.full(3, 255 if float(luma @ bg) < 128 else 0)
-    return (int(bg[0]), int(bg[1]), int(bg[2])), (int(fg[0]), int(fg[1]), int(fg[2]))
+    """A dark background and a light foreground, each of any hue: luminance (ITU-R 601, as
+    PIL's "L") at most ``_BG_LUMA_MAX`` for the background and at least ``_FG_LUMA_MIN`` for
+    the shape, so shapes stand out the same way in colour and in grayscale while both colours
+    vary from image to image."""
+    return _colour_in(rng, 0.0, _BG_LUMA_MAX), _colour_in(rng, _FG_LUMA_MIN, 255.0)
+
+
+def _colour_in(rng: np.random.Generator, lo: float, hi: float) -> tuple[int, int, int]:
+    """A uniformly drawn RGB colour whose luminance lies in [lo, hi] (rejection sampling; the
+    fallback, never reached in practice, is the grey at the middle of the range)."""
+    for _ in range(64):
+        c = rng.integers(0, 256, 3)
+        if lo <= float(_LUMA @ c) <= hi:
+            return int(c[0]), int(c[1]), int(c[2])
+    g = round((lo + hi) / 2)
+    return g, g, g
 
 
 def render(
@@ -160,9 +167,9 @@ def render(
     name = CLASS_NAMES[class_index]
     size = resolution * _SUPERSAMPLE
     bg, fg = _colours(rng)
-    scale = rng.uniform(0.55, 0.85)  # shape's extent as a fraction of the image
+    scale = rng.uniform(0.6, 0.85)  # shape's extent as a fraction of the image
     r = scale * size / 2
-    slack = (1.0 - scale) * size / 2  # keeps the shape inside the frame
+    slack = 0.5 * (1.0 - scale) * size / 2  # off centre by at most half the room left
     cx = size / 2 + rng.uniform(-slack, slack)
     cy = size / 2 + rng.uniform(-slack, slack)
     angle = rng.uniform(-1.0, 1.0) * _ROTATION.get(name, 0.0)

@@ -89,11 +89,12 @@ class GArch:
     upsample: str = "transposed5"
     norm: str = "batch"
     equalized_lr: bool = False
+    width_scale: float = 1.0  # of the paper's widths, when ``widths`` is None
 
     @classmethod
     def from_config(cls, m: ModelConfig) -> GArch:
         widths = tuple(m.g_widths) if m.g_widths is not None else None
-        return cls(widths, m.g_upsample, m.g_norm, m.equalized_lr)
+        return cls(widths, m.g_upsample, m.g_norm, m.equalized_lr, m.g_width_scale)
 
     @classmethod
     def from_record(cls, d: dict[str, Any] | None) -> GArch:
@@ -110,7 +111,10 @@ class GArch:
     def spec(self, resolution: int) -> GSpec:
         paper = G_SPECS[resolution]
         if self.widths is None:
-            return paper
+            if self.width_scale == 1.0:
+                return paper
+            w = [max(1, round(c * self.width_scale)) for c in (paper.base, *paper.widths)]
+            return GSpec(w[0], paper.start, tuple(w[1:]))
         if len(self.widths) != 1 + len(paper.widths):
             raise ConfigError(
                 f"model.g_widths: {list(self.widths)} has {len(self.widths)} entries; "

@@ -36,6 +36,7 @@ from acgan.monitor.detector import (
     monitor_seed,
     sample_msssim,
     thresholds_for,
+    warm_from,
 )
 
 if TYPE_CHECKING:  # the trainer imports this module; the types are only for the checker
@@ -88,7 +89,12 @@ class CollapseMonitor:
         thresholds = thresholds_for(m, ctx.data.spec.classes, names, self.references)
         values = sample_msssim(state.sampler, m.pairs, monitor_seed(ctx.meta["split_id"]))
         checks = apply_rule(
-            mon["classes"], dict(zip(names, values, strict=True)), thresholds, m.patience, m.rise
+            mon["classes"],
+            dict(zip(names, values, strict=True)),
+            thresholds,
+            m.patience,
+            m.rise,
+            step >= warm_from(m, ctx.cfg.train.steps),
         )
         mon["curve"].append(
             {

@@ -47,6 +47,7 @@ from acgan.monitor.detector import (
     sample_msssim,
     split_status,
     thresholds_for,
+    warm_from,
 )
 from acgan.monitor.status import RETRAINED
 from acgan.progress import progress_bar
@@ -114,16 +115,22 @@ def assess_split(cfg: Config, plan: SplitPlan, split_id: int, model_dir: Path) -
     curve = list(mon.get("curve") or [])
     step = int(train.get("step", member.step))
     # The checks in the history of the delivered weights, then the delivered weights themselves.
-    lineage = [e["values"] for e in curve if not e.get("discarded") and int(e["step"]) < step]
+    lineage = [
+        (int(e["step"]), e["values"])
+        for e in curve
+        if not e.get("discarded") and int(e["step"]) < step
+    ]
     m = cfg.monitor
-    states = replay([*lineage, final], thresholds, m.patience, m.rise)
+    states = replay(
+        [*lineage, (step, final)], thresholds, m.patience, m.rise, warm_from(m, cfg.train.steps)
+    )
     classes = {
         name: {
             "class": c,
             "final_msssim": round(final[name], 6),
             "reference": plan.reference_msssim.get(c),
             "threshold": round(thresholds[name], 6),
-            "best_msssim": round(float(states[name]["best"]), 6),
+            "best_msssim": _rounded(states[name]["best"]),
             "status": states[name]["status"],
             "collapsed": states[name]["status"] == COLLAPSED,
         }
@@ -161,12 +168,17 @@ def _reason(rec: Mapping[str, Any], cfg: Config) -> str:
     )
 
 
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(float(value), 6)
+
+
 def set_aside(records: Mapping[int, Mapping[str, Any]]) -> set[int]:
     """The collapsed splits that are less diverse (larger excess) than every split that is not
     collapsed: excluding a collapsed split while keeping a less diverse one would rank the
     ensemble's members against what their samples show."""
     others = [r["excess"] for r in records.values() if r["status"] != COLLAPSED]
-    bar = max(others, default=float("-inf"))
+    # none kept to compare with (every split collapsed): none is set aside for the others
+    bar = max(others, default=float("inf"))
     return {sid for sid, r in records.items() if r["status"] == COLLAPSED and r["excess"] > bar}
 
 
