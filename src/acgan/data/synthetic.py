@@ -1,10 +1,11 @@
 """The built-in, deterministic class-conditional dataset: ten kinds of shapes.
 
 It exists so that the whole pipeline (and its tests) runs without downloading anything. Each
-class is a shape that stays recognisable at 32x32 and in grayscale: a light shape of any hue on a
-dark background of any hue (drawn apart in *luminance*, not just in hue). Within a class, position, scale,
-colours and (where it does not turn the shape into another class) rotation vary, and light
-noise makes every image unique, so a collapsed generator is visible in MS-SSIM.
+class is a shape that stays recognisable at 32x32 and in grayscale: a light shape of any hue
+on a dark background of any hue (apart in *luminance*, not just in hue). Within a class,
+position, scale, colours and (where it does not turn the shape into another class) rotation
+vary, and light noise makes every image unique, so a collapsed generator is visible in
+MS-SSIM.
 
 Shapes are drawn with ``PIL.ImageDraw`` at 4x the target resolution and box-downsampled, which
 antialiases the edges cheaply (6,000 images at 32x32 take about a second).
