@@ -78,7 +78,9 @@ def build_config(params: dict, environ: dict) -> Any:
 def make_tracker(cfg: Any) -> Any:
     from acgan.tracking import make_tracker as _make
 
-    return _make(cfg.tracking.enabled, cfg.tracking.uri, cfg.tracking.experiment)
+    return _make(
+        cfg.tracking.enabled, cfg.tracking.uri, cfg.tracking.experiment, cfg.tracking.deadline_s
+    )
 
 
 def log_figures(metrics: Any, figures: dict, prefix: str = "") -> None:

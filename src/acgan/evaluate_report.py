@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import matplotlib
 import numpy as np
 import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -43,12 +44,17 @@ PICTURES = (
 )
 
 
+# Class names are plain text in every plot: a '$' in one must not start matplotlib's math mode.
+NO_MATH = {"text.parse_math": False}
+
+
 def _render(fig: Figure) -> np.ndarray:
     canvas = FigureCanvasAgg(fig)
     canvas.draw()
     return np.asarray(canvas.buffer_rgba())[..., :3].copy()
 
 
+@matplotlib.rc_context(NO_MATH)
 def training_plot(history: list[dict[str, float]]) -> np.ndarray:
     """The judge's loss and accuracies per epoch."""
     fig = Figure(figsize=(7, 3), dpi=100)
@@ -170,6 +176,7 @@ def _quantiles(values: list[float]) -> list[float | None]:
     return torch.quantile(torch.tensor(values, dtype=torch.float64), q).tolist()
 
 
+@matplotlib.rc_context(NO_MATH)
 def write_plots(
     plot_dir: Path, figs: suite.Figures, data: suite.EvalData, images: dict[str, np.ndarray]
 ) -> None:

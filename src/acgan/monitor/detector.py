@@ -50,9 +50,13 @@ def threshold_for(cfg: MonitorConfig, reference_max: float) -> float:
     return float(cfg.threshold) if cfg.threshold is not None else reference_max + cfg.margin
 
 
-def metric_key(name: str) -> str:
-    """A class name as an MLflow metric name component (letters, digits, ``_-. ``)."""
-    return re.sub(r"[^A-Za-z0-9_.\- ]", "_", name) or "_"
+def metric_key(name: str, index: int) -> str:
+    """Class ``index`` (``name``) as an MLflow metric name component: the name itself when
+    MLflow takes it (letters of any script, digits, ``_-. ``), else the name with the other
+    characters replaced plus ``:<index>`` — a ``:`` no kept name has, so no two classes share
+    a key (``men's`` and ``men_s`` stay apart)."""
+    safe = re.sub(r"[^\w.\- ]", "_", name)
+    return safe if safe == name and name.strip(" .") else f"{safe}:{index}"
 
 
 @torch.no_grad()

@@ -99,7 +99,10 @@ class CollapseMonitor:
         )
         ctx.run.log_metrics(
             {
-                **{f"msssim/{metric_key(c.name)}": c.value for c in checks},
+                **{
+                    f"msssim/{metric_key(c.name, cls)}": c.value
+                    for c, cls in zip(checks, ctx.data.spec.classes, strict=True)
+                },
                 "msssim/threshold": self.threshold,
                 "monitor/collapsed_classes": sum(c.status == COLLAPSED for c in checks),
             },

@@ -17,7 +17,6 @@ Input: a DataFrame with ``class_label`` (index or class name), ``n`` and optiona
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,21 +27,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from acgan.checkpoint import one_line
+from acgan.checkpoint import file_sha256, one_line
 from acgan.errors import AcganError, CheckpointError, RegistryError
 from acgan.models.ensemble import Ensemble, Member, load_member
 
 MODEL_CODE = Path(__file__).with_name("model_code.py")
 MEMBERS_ARTIFACT = "members"
 MAX_SAMPLES_PER_ROW = 100_000  # one row asks for at most this many images (memory guard)
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def artifact_key(split_id: int) -> str:

@@ -25,9 +25,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from acgan.checkpoint import atomic_write_bytes, atomic_write_json, one_line
+from acgan.checkpoint import atomic_dir, atomic_write_bytes, atomic_write_json, one_line
 from acgan.config import Config
-from acgan.errors import AcganError, RegistryError
+from acgan.errors import AcganError, RegistryError, mask_credentials
 from acgan.lineage import git_commit, open_pipeline_run
 from acgan.models.ensemble import Ensemble
 from acgan.registry import model_log
@@ -109,9 +109,11 @@ def description(cfg: Config, inp: Inputs, ens: Ensemble) -> str:
 
 
 def _write(out_dir: Path, record: dict[str, Any], grid: Any) -> Path:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(out_dir / SAMPLES_PNG, png_bytes(grid))
-    atomic_write_json(out_dir / REGISTRATION_JSON, record)
+    """Both files or neither (a killed process leaves the previous directory, and its temp
+    directory is removed by the next run)."""
+    with atomic_dir(out_dir) as tmp:
+        atomic_write_bytes(tmp / SAMPLES_PNG, png_bytes(grid))
+        atomic_write_json(tmp / REGISTRATION_JSON, record)
     return out_dir / REGISTRATION_JSON
 
 
@@ -157,7 +159,9 @@ def register(
     if "'" in name or "`" in name:
         raise RegistryError(f"registry.model_name {name!r}: quotes are not allowed; rename it")
 
-    retry = Retrier(cfg.registry.retries, cfg.registry.retry_backoff_s, tracker.uri)
+    retry = Retrier(
+        cfg.registry.retries, cfg.registry.retry_backoff_s, tracker.uri, cfg.tracking.deadline_s
+    )
     client = tracker.client
     parent = open_pipeline_run(tracker, cfg, inp.data_hash, parent_run_id)
     # One register run per trained ensemble: its version's source run shows its own files and
@@ -234,7 +238,7 @@ def register(
         **asdict(result),
         "registered": True,
         "aliases": aliases,
-        "tracking_uri": tracker.uri,
+        "tracking_uri": mask_credentials(tracker.uri),
         "pipeline_run_id": parent.run_id,
     }
     path = _write(out_dir, record, grid)
