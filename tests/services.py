@@ -137,6 +137,7 @@ class MlflowServer:
     s3: S3Endpoint
     artifacts: str  # s3://bucket/prefix the server stores artifacts under
     log: Path  # the server's stdout + stderr
+    pid: int = 0  # leads the server's process group (a fault test kills it)
 
 
 def _stop(proc: subprocess.Popen[Any], grace: float = 3.0) -> None:
@@ -162,13 +163,15 @@ def mlflow_server(
     prefix: str = "mlflow",
     timeout: float = 120.0,
     while_starting: Callable[[], Any] | None = None,
+    port: int | None = None,
 ) -> Iterator[MlflowServer]:
-    """``mlflow server`` (sqlite store in ``workdir``, artifacts in S3) on a free port.
+    """``mlflow server`` (sqlite store in ``workdir``, artifacts in S3) on a free port (or on
+    ``port``: a server restarted on the same store and address).
 
     ``while_starting`` runs after the process is launched and before it is polled: the ~10 s
     the server needs to come up can be spent on other set-up (training a tiny model)."""
     workdir.mkdir(parents=True, exist_ok=True)
-    port = free_port()
+    port = port or free_port()
     artifacts = f"s3://{s3.bucket}/{prefix}"
     mlflow_bin = Path(sys.executable).with_name("mlflow")
     cmd = [
@@ -190,7 +193,7 @@ def mlflow_server(
     env = {**os.environ, **s3_env(s3), "AWS_MAX_ATTEMPTS": "2", "AWS_RETRY_MODE": "standard"}
     env.pop("MLFLOW_TRACKING_URI", None)
     log_path = workdir / "server.log"
-    with open(log_path, "wb") as log:
+    with open(log_path, "ab") as log:
         proc = subprocess.Popen(
             cmd, cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
@@ -203,6 +206,6 @@ def mlflow_server(
         except (RuntimeError, TimeoutError) as exc:
             tail = log_path.read_text(errors="replace")[-3000:]
             raise RuntimeError(f"mlflow server did not start: {exc}\n{tail}") from exc
-        yield MlflowServer(url, s3, artifacts, log_path)
+        yield MlflowServer(url, s3, artifacts, log_path, proc.pid)
     finally:
         _stop(proc)

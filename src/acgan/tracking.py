@@ -126,7 +126,8 @@ class Retry:
                 if permanent or tries == self.attempts or left <= MIN_ATTEMPT_S:
                     raise self.error(self.message(what, tries, elapsed, exc)) from exc
                 delay = min(self.backoff_s * 2 ** (tries - 1), left - MIN_ATTEMPT_S)
-                log.warning("%s failed (%s); retrying in %.1f s", what, _first_line(exc), delay)
+                # quiet: a call that fails for good says so in one line, at the end
+                log.debug("%s failed (%s); retrying in %.1f s", what, _first_line(exc), delay)
                 time.sleep(delay)
 
 
