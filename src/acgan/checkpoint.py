@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from acgan.errors import AcganError, CheckpointError
+from acgan.errors import AcganError, CheckpointError, one_line
 
 _STEP_RE = re.compile(r"^step-(\d{8})\.pt$")
 # Temp and set-aside names carry their writer (pid and host): a later run removes those whose
@@ -97,12 +97,6 @@ def _mkdir(directory: Path) -> None:
             f"{directory}: cannot create this directory ({exc.strerror or one_line(exc)}); "
             "choose another output path"
         ) from exc
-
-
-def one_line(exc: BaseException) -> str:
-    """An exception's text on one line (error messages are one line), at most 200 chars."""
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) <= 200 else text[:197] + "..."
 
 
 def _umask() -> int:

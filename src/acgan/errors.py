@@ -47,3 +47,10 @@ def mask_credentials(text: str) -> str:
     ``https://user:token@mlflow.example.com`` must never end up in a file, a run or a log.
     """
     return _USERINFO.sub(r"\g<scheme>***@", text)
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception's text for an error line: one line, at most 200 characters, credentials
+    in any URI it quotes masked."""
+    text = mask_credentials(" ".join(str(exc).split())) or type(exc).__name__
+    return text if len(text) <= 200 else text[:197] + "..."

@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from acgan.errors import AcganError, TrackingError, mask_credentials
+from acgan.errors import AcganError, TrackingError, mask_credentials, one_line
 
 log = logging.getLogger(__name__)
 
@@ -73,11 +73,6 @@ def _one_http_attempt(timeout_s: float) -> Iterator[None]:
                 os.environ[k] = v
 
 
-def _first_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return mask_credentials(text if len(text) <= 200 else text[:197] + "...")
-
-
 class Retry:
     """The one retry layer for every MLflow and registry call: attempts with exponential
     backoff until the call succeeds, an error no retry fixes (:data:`PERMANENT`), ``attempts``
@@ -106,7 +101,7 @@ class Retry:
     def message(self, what: str, tries: int, seconds: float, exc: BaseException) -> str:
         return (
             f"MLflow at {self.where}: {what} failed after {tries} attempt(s) in {seconds:.1f} s "
-            f"({_first_line(exc)}); {self.hint}"
+            f"({one_line(exc)}); {self.hint}"
         )
 
     def __call__(self, what: str, fn: Callable[[], T]) -> T:
@@ -127,7 +122,7 @@ class Retry:
                     raise self.error(self.message(what, tries, elapsed, exc)) from exc
                 delay = min(self.backoff_s * 2 ** (tries - 1), left - MIN_ATTEMPT_S)
                 # quiet: a call that fails for good says so in one line, at the end
-                log.debug("%s failed (%s); retrying in %.1f s", what, _first_line(exc), delay)
+                log.debug("%s failed (%s); retrying in %.1f s", what, one_line(exc), delay)
                 time.sleep(delay)
 
 

@@ -26,7 +26,7 @@ import torch
 from tqdm.auto import tqdm
 
 from acgan.checkpoint import atomic_dir, atomic_write_bytes
-from acgan.errors import AcganError, RegistryError
+from acgan.errors import AcganError, RegistryError, one_line
 from acgan.models.ensemble import ENSEMBLE_JSON, GENERATOR_FILE, Ensemble
 from acgan.models.sampling import grid_image, latents
 from acgan.tracking import DEFAULT_DEADLINE_S, Retry, png_bytes
@@ -57,6 +57,19 @@ def _tracking(uri: str | None) -> Iterator[None]:
         mlflow.set_tracking_uri(before)
 
 
+class _LoadRetry(Retry):
+    """Loading a model through MLflow: retried within the deadline like every MLflow call."""
+
+    error = RegistryError
+
+    def message(self, what: str, tries: int, seconds: float, exc: BaseException) -> str:
+        return (
+            f"{what}: could not load from {self.where} ({one_line(exc)}; {tries} attempt(s) "
+            f"in {seconds:.1f} s); check the model name / alias / version in the MLflow UI "
+            "and tracking.uri"
+        )
+
+
 def _load_pyfunc(
     model: str, tracking_uri: str | None, device: str, deadline_s: float = DEFAULT_DEADLINE_S
 ) -> Ensemble:
@@ -64,17 +77,11 @@ def _load_pyfunc(
 
     from acgan.registry.pyfunc import EnsembleModel
 
-    retry = Retry(
-        tracking_uri or "the default tracking URI",
-        deadline_s,
-        hint="check the model name / alias / version in the MLflow UI and tracking.uri",
-        error=RegistryError,
-    )
+    retry = _LoadRetry(tracking_uri or "the default tracking URI", deadline_s)
     with _tracking(tracking_uri):
         # a bad generator file is an AcganError, named by split, and is not retried
         loaded = retry(
-            f"load {model}",
-            lambda: mlflow.pyfunc.load_model(model, model_config={"device": device}),
+            model, lambda: mlflow.pyfunc.load_model(model, model_config={"device": device})
         )
     inner = loaded.unwrap_python_model()
     if not isinstance(inner, EnsembleModel):
