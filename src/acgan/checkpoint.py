@@ -88,6 +88,14 @@ def clean_stale(directory: Path, name: str) -> list[Path]:
     return removed
 
 
+def blocked_by_file(path: str | Path) -> Path | None:
+    """The nearest existing ancestor of ``path`` when it is a file (``path`` cannot be made)."""
+    for parent in Path(path).parents:
+        if parent.exists():
+            return None if parent.is_dir() else parent
+    return None
+
+
 def _mkdir(directory: Path) -> None:
     """``mkdir -p`` whose failure (a file in the way, no permission) is one line naming it."""
     try:

@@ -34,19 +34,13 @@ def _load_config(params: str, overrides: tuple[str, ...]) -> config_mod.Config:
     return cfg
 
 
-def _blocked_by_file(path: Path) -> Path | None:
-    """The first existing ancestor of ``path`` that is a file (so ``path`` cannot be made)."""
-    for parent in path.parents:
-        if parent.exists():
-            return parent if not parent.is_dir() else None
-    return None
-
-
 def _check_path(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
     """Refuse a path below a file before any work starts (it fails only when the stage comes
     to write, after all its work, with ``NotADirectoryError`` otherwise)."""
+    from acgan.checkpoint import blocked_by_file  # imported here: the CLI loads lazily
+
     if value is not None:
-        blocker = _blocked_by_file(Path(value))
+        blocker = blocked_by_file(value)
         if blocker is not None:
             raise click.BadParameter(
                 f"{value}: {blocker} is a file, not a directory; choose another path",

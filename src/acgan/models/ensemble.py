@@ -57,17 +57,16 @@ def verify_sha256(path: Path, expected: str | None = None) -> None:
     """Check a generator file against the SHA-256 recorded when it was written (``expected``,
     else its ``train.json``): a damaged or modified file is an error naming its split."""
     recorded, split = _recorded(path)
-    for want in (expected, recorded):
-        if want is None:
-            continue
-        actual = checkpoint.file_sha256(path)
-        if actual != want:
-            raise CheckpointError(
-                f"{split}: {path} does not match the SHA-256 recorded when it was written "
-                f"({actual[:12]} != {want[:12]}): damaged or modified; retrain the split "
-                "or restore the file"
-            )
+    want = expected or recorded
+    if want is None:  # written before hashes were recorded
         return
+    actual = checkpoint.file_sha256(path)
+    if actual != want:
+        raise CheckpointError(
+            f"{split}: {path} does not match the SHA-256 recorded when it was written "
+            f"({actual[:12]} != {want[:12]}): damaged or modified; retrain the split "
+            "or restore the file"
+        )
 
 
 def load_member(

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from acgan.checkpoint import atomic_dir, atomic_write_bytes
+from acgan.checkpoint import atomic_dir, atomic_write_bytes, blocked_by_file
 from acgan.errors import AcganError, RegistryError, one_line
 from acgan.models.ensemble import ENSEMBLE_JSON, GENERATOR_FILE, Ensemble
 from acgan.models.sampling import grid_image, latents
@@ -136,11 +136,8 @@ def _to_hwc(images: torch.Tensor) -> np.ndarray:
 def _check_grid(grid: Path) -> None:
     if grid.is_dir():
         raise AcganError(f"--grid {grid}: is a directory; name a .png file")
-    for parent in grid.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise AcganError(f"--grid {grid}: {parent} is a file, not a directory")
-            break
+    if (blocker := blocked_by_file(grid)) is not None:
+        raise AcganError(f"--grid {grid}: {blocker} is a file, not a directory")
 
 
 def _occupied(directory: Path) -> bool:
