@@ -303,7 +303,8 @@ def test_tracking_server_killed_mid_run_and_restarted(stack: Stack, tmp_path: Pa
         "train.log_every=2",
         "tracking.enabled=true",
         f"tracking.uri={stack.url}",
-        "tracking.deadline_s=120",  # this machine needs ~10-40 s to restart the server
+        # longer than the restart takes: ~15 s on a quiet 2-core machine, minutes on a busy one
+        "tracking.deadline_s=600",
     )
     ck = tmp_path / "checkpoints" / "split_0"
     proc = spawn("train", "--split", "0", cwd=tmp_path)
@@ -430,7 +431,7 @@ def test_credentials_never_reach_a_run_a_file_or_a_message(stack: Stack, tmp_pat
         out, err = wait(proc)
         assert proc.returncode == code, err[-3000:]
         messages += out + err
-    assert "MLflow at http://***@127.0.0.1" in messages  # the error line names the server
+    assert "could not load from http://***@127.0.0.1" in messages  # the line names the server
     assert secret not in messages
 
     for p in tmp_path.rglob("*"):

@@ -54,15 +54,19 @@ PERMANENT = {
 # :class:`Retry` MLflow makes one attempt per request, which waits at most what is left.
 _HTTP_RETRIES = "MLFLOW_HTTP_REQUEST_MAX_RETRIES"
 _HTTP_TIMEOUT = "MLFLOW_HTTP_REQUEST_TIMEOUT"
+# MLflow prints "View run ... at: <tracking URI>/#/..." on stdout whenever a run ends: with
+# user-info in the URI that is the password on the terminal (and the CLI says where runs are).
+_NO_URL = "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"
 
 
 @contextlib.contextmanager
 def _one_http_attempt(timeout_s: float) -> Iterator[None]:
-    """MLflow's own HTTP retries off and its request timeout at ``timeout_s`` in the block
-    (MLflow reads both per request), restored afterwards."""
-    saved = {k: os.environ.get(k) for k in (_HTTP_RETRIES, _HTTP_TIMEOUT)}
+    """MLflow's own HTTP retries off, its request timeout at ``timeout_s`` and its run-URL
+    printing off in the block (MLflow reads all three per call), restored afterwards."""
+    saved = {k: os.environ.get(k) for k in (_HTTP_RETRIES, _HTTP_TIMEOUT, _NO_URL)}
     os.environ[_HTTP_RETRIES] = "0"
     os.environ[_HTTP_TIMEOUT] = str(max(1, math.ceil(timeout_s)))
+    os.environ[_NO_URL] = "true"
     try:
         yield
     finally:

@@ -230,8 +230,10 @@ def register(
         out_dir / REGISTRATION_JSON,
     )
     try:
-        aliases = sorted(client.get_model_version(name, version).aliases)
-    except Exception:  # the version is complete; the record just says less
+        aliases = sorted(
+            retry("read aliases", lambda: client.get_model_version(name, version)).aliases
+        )
+    except AcganError:  # the version is complete; the record just says less
         aliases = [CHAMPION] if champion else []
     record = {
         **base,
