@@ -20,7 +20,7 @@ import torch
 from acgan.config import load
 from acgan.data.splits import SplitSpec
 from acgan.monitor.detector import sample_msssim
-from acgan.train.loop import SplitData, train_step
+from acgan.train.loop import SplitData, StepRecipe, train_step
 from acgan.train.state import build_state, resolve_device
 
 
@@ -68,11 +68,13 @@ def main(argv: list[str] | None = None) -> None:
     spec = SplitSpec(0, list(range(a.classes)), [f"c{i}" for i in range(a.classes)])
     data = SplitData(spec, images.to(device), labels.to(device))
 
-    train_step(state, data, a.batch_size, False)  # warm-up
+    train_step(state, data, StepRecipe(a.batch_size, False))  # warm-up
     sample_msssim(state.sampler, a.pairs, seed=0)
     step_s = (
         _median_seconds(
-            lambda: [train_step(state, data, a.batch_size, False) for _ in range(a.steps)],
+            lambda: [
+                train_step(state, data, StepRecipe(a.batch_size, False)) for _ in range(a.steps)
+            ],
             a.repeats,
             device,
         )

@@ -90,7 +90,7 @@ def _interleaved(args: dict[str, Any]) -> dict[str, Any]:
     one process: both see the same machine load. The trainer's own step functions; the loops
     around them add nothing measurable (checked on this CPU)."""
     from acgan.config import load
-    from acgan.train.loop import load_split_data, train_step
+    from acgan.train.loop import StepRecipe, load_split_data, train_step
     from acgan.train.packed import PackedNets, packed_step
     from acgan.train.state import build_state, resolve_amp
 
@@ -109,7 +109,7 @@ def _interleaved(args: dict[str, Any]) -> dict[str, Any]:
         sync(device)
         t1 = time.perf_counter()
         for st, d in zip(single, data, strict=True):
-            train_step(st, d, b, amp)
+            train_step(st, d, StepRecipe(b, amp))
         sync(device)
         t2 = time.perf_counter()
         if r >= args["warmup"]:

@@ -27,7 +27,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from acgan.models.acgan import Discriminator, Generator, d_loss, g_loss
+from acgan.models.acgan import Discriminator, Generator
+from acgan.models.losses import d_loss, g_loss
 from acgan.train.state import frozen
 from benchmarks.common import load_average, machine, resolve_device, sync, table
 

@@ -76,11 +76,12 @@ def build_config(params: dict, environ: dict) -> Any:
 
 
 def make_tracker(cfg: Any) -> Any:
+    from acgan.lineage import source_tags
     from acgan.tracking import make_tracker as _make
 
-    return _make(
-        cfg.tracking.enabled, cfg.tracking.uri, cfg.tracking.experiment, cfg.tracking.deadline_s
-    )
+    t = cfg.tracking
+    tags = source_tags("acgan pipeline (Kubeflow)", "JOB") if t.enabled else None
+    return _make(t.enabled, t.uri, t.experiment, tags, t.deadline_s)
 
 
 def log_figures(metrics: Any, figures: dict, prefix: str = "") -> None:

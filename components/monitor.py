@@ -59,7 +59,6 @@ def monitor(
     ensemble.metadata["splits"] = [int(m["split_id"]) for m in members]
     statuses = [rec["status"] for rec in result.splits.values()]
     figures = {
-        "threshold": result.threshold,
         "ensemble_members": len(result.members),
         "splits_excluded": len(result.excluded),
         "splits_retrained": sum(m["status"] == "retrained" for m in result.members),

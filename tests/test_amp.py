@@ -13,7 +13,7 @@ from torch import nn
 
 from acgan.config import Config
 from acgan.train import train_split
-from acgan.train.loop import load_split_data, train_step
+from acgan.train.loop import StepRecipe, load_split_data, train_step
 from acgan.train.state import amp_supported, build_state
 
 CPU = torch.device("cpu")
@@ -40,8 +40,8 @@ def test_bf16_autocast_still_trains(
     conv = next(m for m in bf16.D.modules() if isinstance(m, nn.Conv2d))
     conv.register_forward_hook(lambda _m, _i, out: seen.append(out.dtype))
     for _ in range(2):
-        f32 = train_step(fp32, data, 2, amp=False)
-        f16 = train_step(bf16, data, 2, amp=True)
+        f32 = train_step(fp32, data, StepRecipe(batch_size=2, amp=False))
+        f16 = train_step(bf16, data, StepRecipe(batch_size=2, amp=True))
         assert torch.isfinite(f16).all(), f16
         # Same losses to bf16 precision (the batches and noise are the same draws).
         torch.testing.assert_close(f16[:2], f32[:2], rtol=0.1, atol=0.1)

@@ -232,6 +232,7 @@ CASES = [
     C(("config", "--set", "steps=5"), None, "steps=5", id="override-no-section"),
     C(("config", "--set", "train.lr=[1"), None, "train.lr=[1", id="override-bad-yaml"),
     C(("config", "--set", "tracking.deadline_s=0"), None, "tracking.deadline_s", id="deadline-0"),
+    C(("config", "--set", "registry.model_name=it's"), None, "model_name", id="model-quote"),
     C(("config", "--params", "nope.yaml"), None, "nope.yaml", id="params-missing"),
     C(("config", "--params", "data"), None, "data", id="params-is-dir"),
     C(

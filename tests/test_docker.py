@@ -1,6 +1,7 @@
-"""The images, checked statically (no Docker engine here): both Dockerfiles install this
-package at pyproject's version with the pinned torch pair and run `acgan`; `make images`
-builds and pushes exactly the tags the components run; the build context leaves data out."""
+"""The images, checked statically (no Docker engine here): both pipeline Dockerfiles install
+this package at pyproject's version with the pinned torch pair and run `acgan`; the MLflow
+server image has the PostgreSQL driver; `make images` builds and pushes exactly the tags the
+components run (and the server's); the build context leaves data out."""
 
 from __future__ import annotations
 
@@ -91,14 +92,37 @@ def test_make_images_builds_the_tags_the_components_use() -> None:
     assert images.DEFAULT_TAG == VERSION
     default_trainer = f"{images.DEFAULT_REGISTRY}/acgan-trainer:{images.DEFAULT_TAG}"
     default_step = f"{images.DEFAULT_REGISTRY}/acgan-step:{images.DEFAULT_TAG}"
-    assert builds == {"docker/Dockerfile.cuda": default_trainer, "docker/Dockerfile": default_step}
-    assert pushes == {default_trainer, default_step}
+    default_server = f"{images.DEFAULT_REGISTRY}/acgan-mlflow:{images.DEFAULT_TAG}"
+    assert builds == {
+        "docker/Dockerfile.cuda": default_trainer,
+        "docker/Dockerfile": default_step,
+        "docker/Dockerfile.mlflow": default_server,
+    }
+    assert pushes == {default_trainer, default_step, default_server}
     for c in commands:
         if c[:2] == ["docker", "build"]:
             assert f"ACGAN_VERSION={VERSION}" in c
     # what the compiled pipeline runs (tests run without ACGAN_IMAGE_REGISTRY/_TAG set)
     assert default_trainer == images.TRAINER_IMAGE
     assert default_step == images.STEP_IMAGE
+
+
+def test_mlflow_server_image_has_the_postgres_driver_at_ci_pins() -> None:
+    """The team tracking server: mlflow, boto3 (S3 artifacts) and psycopg 3 (the PostgreSQL
+    backend store of tests/test_team_stack.py), installed with CI's constraints."""
+    path = ROOT / "docker" / "Dockerfile.mlflow"
+    ins = _instructions(path)
+    assert ins[0][0] == "FROM" and ("ARG", f"ACGAN_VERSION={VERSION}") in ins
+    assert "requirements/constraints.txt /tmp/constraints.txt" in [a for w, a in ins if w == "COPY"]
+    runs = " ".join(args for word, args in ins if word == "RUN")
+    assert 'pip install -c /tmp/constraints.txt mlflow boto3 "psycopg[binary]"' in runs
+    assert "import_dbapi()" in runs  # the build fails if SQLAlchemy cannot load the driver
+    pins = _pins()
+    assert {"mlflow", "boto3", "psycopg", "psycopg-binary"} <= set(pins)
+    dev = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert any(d.startswith("psycopg[binary]") for d in dev["dev"])  # what the tests run
+    assert ("ENTRYPOINT", '["mlflow", "server", "--host", "0.0.0.0", "--port", "5000"]') in ins
+    assert ("USER", "mlflow") in ins
 
 
 def test_dockerignore_keeps_what_the_images_copy_and_drops_the_rest() -> None:

@@ -126,8 +126,27 @@ def test_dvc_repro_end_to_end(tmp_path: Path) -> None:
     metrics = json.loads((repo / "reports/eval/metrics.json").read_text())
     assert 0.0 <= metrics["judge_accuracy"] <= 1.0
     assert (repo / "mlflow.db").is_file()  # the embedded tracking store was used
-    shown = _run(repo, "dvc", "metrics", "show", "--json")
-    assert "judge_accuracy" in shown
+    shown = _run(repo, "dvc", "metrics", "show")
+    assert "judge_accuracy" in shown and max(map(len, shown.splitlines())) < 170  # one row
+    plots = json.loads(_run(repo, "dvc", "plots", "show", "--json"))
+    declared = yaml.safe_load((repo / "dvc.yaml").read_text())["plots"]
+    names = {next(iter(p)) if isinstance(p, dict) else p for p in declared}
+    assert set(plots["data"]) == names and "errors" not in plots  # only the declared plots
+
+    # DVC wrote no ignore entries (.gitignore lists the outputs): tracked files are untouched,
+    # so every stage's lineage names the commit; dvc.lock is the one new file.
+    assert _run(repo, "git", "status", "--porcelain").splitlines() == ["?? dvc.lock"]
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
+    record = json.loads((repo / "reports/register/registration.json").read_text())
+    parent = client.get_run(record["pipeline_run_id"])
+    assert parent.info.status == "FINISHED"  # ended by the last stage, register
+    assert parent.data.metrics["judge_accuracy"] == metrics["judge_accuracy"]
+    assert parent.data.tags["acgan.model_version"] == str(record["version"])
+    head = _run(repo, "git", "rev-parse", "HEAD").strip()
+    assert parent.data.tags["acgan.git_commit"] == head
+    assert parent.data.tags["mlflow.source.git.commit"] == head
 
     # Nothing changed: nothing runs.
     again = _run(repo, "dvc", "repro")

@@ -21,10 +21,12 @@ from acgan.data.shards import read_images
 from acgan.data.splits import make_splits
 from acgan.errors import CheckpointError, DataError
 from acgan.evaluate import evaluate, gate_decision, train_judge
+from acgan.evaluate_report import HEADLINE
 from acgan.metrics import fidis, suite
 from acgan.metrics.judge import Judge, holdout_mask, load_judge
 from acgan.metrics.memorisation import nearest_l1
 from acgan.models.ensemble import write_manifest
+from acgan.monitor import status
 
 # 60 images per class and 6 epochs: a judge well above chance (about 0.68) in a few seconds.
 JUDGE_DATA = ("data.synthetic_per_class=60", "data.shard_rows=256", "tracking.enabled=false")
@@ -157,7 +159,8 @@ def test_nearest_l1_is_exact() -> None:
 
 
 def test_gate_pass_and_fail_with_reasons(make_cfg: Callable[..., Config]) -> None:
-    figures = {"judge_accuracy": 0.5, "diverse_fraction": 0.8, "fid": 20.0}
+    figures = {"judge_accuracy": 0.5, "judge_skill": 0.9, "fid_ratio": 3.0,
+               "diverse_fraction": 0.8, "fid": 20.0, "classes_missing": []}  # fmt: skip
     ok = gate_decision(figures, make_cfg("eval.min_accuracy=0.4", "eval.max_fid=25").eval)
     assert ok["passed"] and ok["reasons"] == [] and ok["thresholds"]["max_fid"] == 25
     bad = gate_decision(
@@ -165,11 +168,26 @@ def test_gate_pass_and_fail_with_reasons(make_cfg: Callable[..., Config]) -> Non
         make_cfg("eval.min_accuracy=0.6", "eval.max_fid=10", "eval.min_diverse_fraction=0.9").eval,
     )
     assert not bad["passed"] and len(bad["reasons"]) == 3
-    assert "eval.min_accuracy" in bad["reasons"][0] and "0.5" in bad["reasons"][0]
+    assert any("eval.min_accuracy" in r and "0.5" in r for r in bad["reasons"])
     assert any("fid 20 is above the maximum 10 (eval.max_fid)" in r for r in bad["reasons"])
     assert bad["figures"]["fid"] == 20.0
-    nan = gate_decision({"judge_accuracy": float("nan"), "diverse_fraction": 1.0}, make_cfg().eval)
+    # one "what to do next" per failed check, naming the figure it is about
+    assert [a.split(":")[0] for a in bad["advice"]] == ["diverse_fraction", "judge_accuracy", "fid"]
+    assert ok["advice"] == []
+    nan = gate_decision({**figures, "judge_skill": float("nan")}, make_cfg().eval)
     assert not nan["passed"] and "not a number" in nan["reasons"][0]
+    # The defaults are relative: to chance and the judge's real accuracy, to the real FID
+    # floor, to the real data's diversity; and every class of the dataset must be served.
+    noise = {**figures, "judge_skill": 0.02, "fid_ratio": 40.0, "diverse_fraction": 0.0}
+    failed = gate_decision(noise, make_cfg().eval)
+    keys = ("eval.min_skill", "eval.max_fid_ratio", "eval.min_diverse_fraction")
+    assert not failed["passed"] and all(any(k in r for r in failed["reasons"]) for k in keys)
+    missing = gate_decision({**figures, "classes_missing": ["star", "ring"]}, make_cfg().eval)
+    assert not missing["passed"] and "star, ring" in missing["reasons"][0]
+    assert missing["advice"][0].startswith("classes_missing: ")
+    assert gate_decision(
+        {**figures, "classes_missing": ["star"]}, make_cfg("eval.require_all_classes=false").eval
+    )["passed"]
 
 
 # ------------------------------------------------------------------------ the stage end to end
@@ -210,21 +228,15 @@ def test_evaluate_cli_end_to_end_with_mlflow(
     res = CliRunner().invoke(cli, args, catch_exceptions=False)
     assert res.exit_code == 0, res.output
     assert "judge accuracy" in res.output and str(out / "report.html") in res.output
+    # metrics.json: the headline only (what `dvc metrics show` prints); figures.json: all
     metrics = json.loads((out / "metrics.json").read_text())
-    for key in (
-        "judge_accuracy",
-        "real_judge_accuracy",
-        "msssim_mean",
-        "msssim_real_mean",
-        "diverse_fraction",
-        "inception_score",
-        "fid",
-        "intra_fid_mean",
-    ):
-        assert isinstance(metrics[key], float), key
-    assert len(metrics["per_class"]) == 10 and "intra_fid" in metrics["per_class"]["circle"]
+    assert set(metrics) == {*HEADLINE, "gate_passed"}
+    assert all(isinstance(v, float) for v in metrics.values())
+    figures = json.loads((out / "figures.json").read_text())
+    assert len(figures["per_class"]) == 10 and "intra_fid" in figures["per_class"]["circle"]
+    assert set(figures["resolution"]) == {"32", "16", "8", "4"}
     gate = json.loads((out / "gate.json").read_text())
-    assert set(gate) == {"passed", "reasons", "figures", "thresholds"}
+    assert set(gate) == {"passed", "reasons", "advice", "figures", "thresholds"}
     for name in (
         "samples.png",
         "interpolation.png",
@@ -241,6 +253,8 @@ def test_evaluate_cli_end_to_end_with_mlflow(
         assert (out / "plots" / name).is_file(), name
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") == 8 and "src='plots" not in html
+    # every split's monitor status, in the shared vocabulary (the manifest says "healthy")
+    assert html.count(status.badge("healthy")) >= 2
     assert "fid_judge" in json.loads((out / "config.json").read_text())["protocols"]
 
     from mlflow.tracking import MlflowClient
@@ -250,7 +264,14 @@ def test_evaluate_cli_end_to_end_with_mlflow(
     runs = client.search_runs([exp.experiment_id], "tags.`acgan.stage` = 'evaluate'")
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
     run = runs[0]
+    assert f"#/experiments/{exp.experiment_id}/runs/{run.info.run_id}" in html  # a link
     assert run.data.metrics["judge_accuracy"] == pytest.approx(metrics["judge_accuracy"])
+    # evaluate ends the pipeline's parent run with the headline figures and the gate
+    parent = client.get_run(run.data.tags["mlflow.parentRunId"])
+    assert parent.info.status == "FINISHED"
+    assert parent.data.metrics == pytest.approx(metrics)
+    assert parent.data.tags["acgan.gate"] == run.data.tags["acgan.gate"]
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
     assert "per_class/circle/judge_accuracy" in run.data.metrics
     assert run.data.tags["mlflow.parentRunId"] and run.data.tags["acgan.gate"] in (
         "passed",

@@ -378,7 +378,7 @@ def test_s3_stopped_during_registration_fails_within_the_deadline(
             root / "monitor" / "ensemble.json",
             stack.trained.ingested,
             root / "register",
-            Tracker(cfg.tracking.uri, cfg.tracking.experiment, cfg.tracking.deadline_s),
+            Tracker(cfg.tracking.uri, cfg.tracking.experiment, deadline_s=cfg.tracking.deadline_s),
         )
 
     client = MlflowClient(stack.url)

@@ -4,7 +4,9 @@ default store — `sqlite:///mlflow.db` in the working directory, what `dvc repr
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import io
 import json
 import shutil
 from dataclasses import dataclass
@@ -72,14 +74,22 @@ def test_pyfunc_routes_classes_deterministically(project: Project) -> None:
     mlflow.set_tracking_uri(project.store)
     model = mlflow.pyfunc.load_model(MODEL)
     frame = pd.DataFrame({"class_label": [0, project.names[7]], "n": [3, 2], "seed": [5, 5]})
-    out = model.predict(frame)
+    arrays = {"format": "array"}
+    out = model.predict(frame, params=arrays)
     assert out["images"].dtype == np.uint8 and out["images"].shape == (5, 32, 32, 3)
     assert out["labels"].tolist() == [0, 0, 0, 7, 7]
-    assert np.array_equal(out["images"], model.predict(frame)["images"])  # same seed, same images
-    other = model.predict(pd.DataFrame({"class_label": [0], "n": [3], "seed": [6]}))
+    again = model.predict(frame, params=arrays)["images"]
+    assert np.array_equal(out["images"], again)  # same seed, same images
+    other = model.predict(pd.DataFrame({"class_label": [0], "n": [3], "seed": [6]}), params=arrays)
     assert not np.array_equal(out["images"][:3], other["images"])
-    no_seed = model.predict(pd.DataFrame({"class_label": [0], "n": [3]}))
+    no_seed = model.predict(pd.DataFrame({"class_label": [0], "n": [3]}), params=arrays)
     assert no_seed["images"].shape == (3, 32, 32, 3)
+    # the default format: one base64 PNG per image, decoding to the same pixels
+    rows = model.predict(frame)
+    assert rows["class_label"].tolist() == [0, 0, 0, 7, 7] and rows["index"].tolist()[3:] == [0, 1]
+    assert rows["class_name"].tolist()[3] == project.names[7] and set(rows["seed"]) == {5}
+    pngs = [Image.open(io.BytesIO(base64.b64decode(b))) for b in rows["png_base64"]]
+    assert np.array_equal(np.stack([np.asarray(p) for p in pngs]), out["images"])
     with pytest.raises(Exception, match=r"'unicorn' is not in this ensemble; valid classes: 0="):
         model.predict(pd.DataFrame({"class_label": ["unicorn"], "n": [1], "seed": [0]}))
 
@@ -103,11 +113,13 @@ def test_generate_cli_from_champion_writes_every_class(
     assert sorted(p.name for p in out.iterdir()) == sorted([names[3], names[7]])
     files = sorted((out / names[7]).iterdir())
     assert [p.name for p in files] == [f"{i:04d}.png" for i in range(5)]
-    assert Image.open(grid).size == (5 * 34 + 2, 2 * 34 + 2)  # a row per class, 2 px padding
+    # a row per class, each image upscaled to 64 px (2 px padding), the class names on the left
+    width, height = Image.open(grid).size
+    assert height == 2 * 66 + 2 and width > 5 * 66 + 2
     # exactly what the registered model's predict returns for that seed ...
     mlflow.set_tracking_uri(project.store)
     pred = mlflow.pyfunc.load_model(MODEL).predict(
-        pd.DataFrame({"class_label": [7], "n": [5], "seed": [2]})
+        pd.DataFrame({"class_label": [7], "n": [5], "seed": [2]}), params={"format": "array"}
     )
     assert np.array_equal(np.stack([np.asarray(Image.open(p)) for p in files]), pred["images"])
     # ... and what the local training outputs give without any registry, batching or not
@@ -165,3 +177,42 @@ def test_generate_bad_input_fails_in_one_line(
     with pytest.raises(AcganError, match=r"models:/acgan-synthetic@nope: could not load from"):
         generate_images("models:/acgan-synthetic@nope", tmp_path / "g", tracking_uri=project.store)
     assert not (tmp_path / "g").exists()
+
+
+def test_generate_without_champion_falls_back_to_candidate_and_names_what_exists(
+    project: Project, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mlflow import MlflowClient
+
+    from acgan.cli import main
+    from acgan.registry.generate import choose_model
+
+    name, uri = "acgan-synthetic", project.store
+    monkeypatch.chdir(project.root)  # where reports/monitor/ensemble.json is
+    local = "--model reports/monitor/ensemble.json"
+    with pytest.raises(AcganError) as err:
+        choose_model(f"models:/{name}@nope", name, uri)
+    msg = str(err.value)
+    assert "has no alias @nope" in msg and "@candidate = v1, @champion = v1" in msg
+    assert "its versions: 1" in msg and local in msg
+    with pytest.raises(AcganError, match=r"has no version 9 .*its versions: 1"):
+        choose_model(f"models:/{name}/9", name, uri)
+    with pytest.raises(AcganError, match=rf"no registered model 'other' .*models there: {name}"):
+        choose_model("models:/other@champion", name, uri)
+    assert choose_model(None, name, uri) == (f"models:/{name}@champion", None)
+
+    client = MlflowClient(uri)
+    client.delete_registered_model_alias(name, "champion")  # as after a failed gate
+    try:
+        chosen, note = choose_model(None, name, uri)
+        assert chosen == f"models:/{name}@candidate" and "using @candidate, version 1" in note
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+        out = tmp_path / "x"
+        main(["generate", "--classes", "0,1", "--n", "2", "--out", str(out)])  # the defaults
+        assert sorted(len(list(d.iterdir())) for d in out.iterdir()) == [2, 2]
+        client.delete_registered_model_alias(name, "candidate")
+        with pytest.raises(AcganError, match=rf"has no alias @champion .*aliases: none.*{local}"):
+            choose_model(None, name, uri)
+    finally:
+        client.set_registered_model_alias(name, "candidate", 1)
+        client.set_registered_model_alias(name, "champion", 1)

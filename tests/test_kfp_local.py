@@ -126,6 +126,10 @@ def test_gate_passed_and_a_version_was_registered(local_run: LocalRun) -> None:
     # one MLflow parent run, created by ingest and passed down: every other run is its child
     parent = _outputs(local_run.task("ingest"))["parameterValues"]["parent_run_id"]
     assert versions[0].tags["acgan.pipeline_run_id"] == parent
+    run = client.get_run(parent)  # ended by the last task, with the headline and the version
+    assert run.info.status == "FINISHED" and "judge_accuracy" in run.data.metrics
+    assert run.data.tags["acgan.model_version"] == str(versions[0].version)
+    assert run.data.tags["mlflow.source.name"] == "acgan pipeline (Kubeflow)"
     exp = client.get_experiment_by_name("acgan")
     runs = client.search_runs([exp.experiment_id])
     children = [r for r in runs if r.info.run_id != parent]

@@ -11,12 +11,11 @@ from acgan.models.acgan import (
     Discriminator,
     Dropout,
     Generator,
-    d_loss,
     dropout_mask,
-    g_loss,
     to_float,
     to_uint8,
 )
+from acgan.models.losses import d_loss, g_loss
 
 
 @pytest.mark.parametrize("resolution", [32, 64, 128])

@@ -26,8 +26,17 @@ from acgan.data.splits import load_plan
 from acgan.errors import AcganError, DataError
 from acgan.models.acgan import Generator
 from acgan.models.ensemble import read_manifest
-from acgan.monitor import CollapseMonitor, run_monitor, sample_msssim, threshold_for
-from acgan.monitor.detector import COLLAPSED, HEALTHY, NOT_DIVERSE, apply_rule, monitor_seed
+from acgan.monitor import CollapseMonitor, run_monitor, sample_msssim, status, thresholds_for
+from acgan.monitor.detector import (
+    COLLAPSED,
+    COLLAPSING,
+    HEALTHY,
+    NOT_CONVERGED,
+    apply_rule,
+    monitor_seed,
+    split_status,
+)
+from acgan.monitor.stage import set_aside
 from acgan.train import train_split, train_split_with_monitor
 
 # One check per step; the trainer's own checkpoints only at the end, so that the checkpoints
@@ -40,6 +49,7 @@ MON = (
     "monitor.every=1",
     "monitor.pairs=4",
     "monitor.threshold=0.999",
+    "monitor.rise=0",  # the injected collapse rises from ~0.97 to 1.0
 )
 
 
@@ -114,10 +124,17 @@ class RealImages(nn.Module):
 def test_detector_flags_identical_samples_not_real_data(
     make_cfg: Callable[..., Config], synthetic_splits: Path
 ) -> None:
-    cfg = make_cfg("monitor.pairs=8", "monitor.patience=2")
+    # 8 pairs of 20 images per class: sampling noise of ~0.03 against the reference's own, so
+    # a wider margin than the default 0.05 (which assumes monitor.pairs 50, reference 100)
+    cfg = make_cfg(
+        "monitor.pairs=8", "monitor.patience=2", "monitor.rise=0.1", "monitor.margin=0.1"
+    )
     plan = load_plan(synthetic_splits)
-    threshold = threshold_for(cfg.monitor, plan.reference_max)
-    assert threshold == pytest.approx(plan.reference_max + cfg.monitor.margin)
+    spec = plan.split(0)
+    names = list(spec.class_names)
+    thresholds = thresholds_for(cfg.monitor, spec.classes, names, plan.reference_msssim)
+    for c, n in zip(spec.classes, names, strict=True):  # each class against its own reference
+        assert thresholds[n] == pytest.approx(plan.reference_msssim[c] + cfg.monitor.margin)
 
     data = read_images(plan.split_dir(0))
     real = sample_msssim(RealImages(data.images, data.labels), cfg.monitor.pairs, seed=3)
@@ -126,22 +143,55 @@ def test_detector_flags_identical_samples_not_real_data(
     with torch.no_grad():
         same.fc.weight[:, 5:] *= 1e-4  # the noise barely matters: near-identical samples
     collapsed = sample_msssim(same, cfg.monitor.pairs, seed=3)
-    assert max(real) <= threshold < min(collapsed), (real, collapsed, threshold)
+    assert all(r <= thresholds[n] < c for r, c, n in zip(real, collapsed, names, strict=True))
     assert min(collapsed) > 0.99
 
-    names = [f"c{i}" for i in range(5)]
     states: dict[str, dict[str, Any]] = {}
     for _ in range(4):  # real data stays healthy however long it is watched
-        checks = apply_rule(states, dict(zip(names, real, strict=True)), threshold, 2)
+        checks = apply_rule(states, dict(zip(names, real, strict=True)), thresholds, 2, 0.1)
         assert {c.status for c in checks} == {HEALTHY}
-    first = apply_rule(states, dict(zip(names, collapsed, strict=True)), threshold, 2)
-    assert not any(c.newly_collapsed for c in first)  # patience 2: one check is not enough
-    second = apply_rule(states, dict(zip(names, collapsed, strict=True)), threshold, 2)
+    first = apply_rule(states, dict(zip(names, collapsed, strict=True)), thresholds, 2, 0.1)
+    assert {c.status for c in first} == {COLLAPSING}  # patience 2: one check is not enough
+    second = apply_rule(states, dict(zip(names, collapsed, strict=True)), thresholds, 2, 0.1)
     assert all(c.newly_collapsed and c.status == COLLAPSED for c in second)
-    # Identical samples from the start are flagged too, as never diverse.
+    # Identical samples from the start never were diverse: not converged, not collapsed.
     fresh: dict[str, dict[str, Any]] = {}
-    checks = apply_rule(fresh, dict(zip(names, collapsed, strict=True)), threshold, 2)
-    assert {c.status for c in checks} == {NOT_DIVERSE}
+    for _ in range(3):
+        checks = apply_rule(fresh, dict(zip(names, collapsed, strict=True)), thresholds, 2, 0.1)
+        assert {c.status for c in checks} == {NOT_CONVERGED}
+
+
+def test_a_class_hovering_at_its_threshold_is_not_collapsed() -> None:
+    """The case that excluded a whole split: 0.60 once, then 0.625 against a 0.607 threshold.
+    Above the threshold but within ``rise`` of its best it is not converged, not collapsed;
+    a real loss of diversity (0.60 -> 0.85) is a collapse."""
+    t = {"a": 0.607}
+    states: dict[str, dict[str, Any]] = {}
+    for v in (0.9, 0.60, 0.625, 0.63, 0.62):
+        (check,) = apply_rule(states, {"a": v}, t, 2, 0.1)
+    assert check.status == NOT_CONVERGED and not check.newly_collapsed
+    statuses = [apply_rule(states, {"a": v}, t, 2, 0.1)[0].status for v in (0.85, 0.86)]
+    assert statuses == [COLLAPSING, COLLAPSED]
+    assert split_status([HEALTHY, NOT_CONVERGED]) == NOT_CONVERGED
+    assert split_status([NOT_CONVERGED, COLLAPSED, HEALTHY]) == COLLAPSED
+    assert split_status([HEALTHY, HEALTHY]) == HEALTHY
+
+
+def test_exclusion_never_keeps_a_less_diverse_split() -> None:
+    """A collapsed split leaves the ensemble only when it is less diverse than every split
+    that stays: every kept split is more diverse than every excluded one."""
+    recs = {
+        0: {"status": COLLAPSED, "excess": 0.02},  # lost diversity, but still beats split 1
+        1: {"status": NOT_CONVERGED, "excess": 0.15},  # never diverse, and further away
+        2: {"status": HEALTHY, "excess": -0.05},
+        3: {"status": COLLAPSED, "excess": 0.30},  # worse than everything kept
+    }
+    aside = set_aside(recs)
+    assert aside == {3}
+    kept = [r["excess"] for sid, r in recs.items() if sid not in aside]
+    assert max(kept) < min(recs[s]["excess"] for s in aside)
+    assert set_aside({0: {"status": NOT_CONVERGED, "excess": 0.5}}) == set()
+    assert set_aside({0: {"status": COLLAPSED, "excess": 0.5}}) == {0}  # nothing else to keep
 
 
 # -- in-training actions -------------------------------------------------------------------
@@ -162,7 +212,7 @@ def test_rollback_restores_the_checkpoint_it_names(
     hooks = [
         CollapseInjector(start=2, branches=(0, 1)),  # collapse twice, then leave it alone
         before,
-        CollapseMonitor.from_config(cfg, plan.reference_max),
+        CollapseMonitor.from_config(cfg, plan.reference_msssim),
         after,
     ]
     res = train_split(
@@ -199,7 +249,7 @@ def test_rollback_restores_the_checkpoint_it_names(
     ]
     assert hist["monitor"]["rollbacks"] == 2
     ck = checkpoint.load(checkpoint.step_path(next((tmp_path / "ck").glob("split_0/*")), 3))
-    assert ck["lr"] == pytest.approx(cfg.train.lr * 0.25) and ck["seed"] == ev2["seed"]
+    assert ck["lr_scale"] == pytest.approx(0.25) and ck["seed"] == ev2["seed"]
 
 
 def test_stop_keeps_the_last_healthy_checkpoint(
@@ -260,7 +310,11 @@ def test_run_monitor_excludes_then_retrains_a_collapsed_split(
     cfg, models = models_with_collapse
     monkeypatch.chdir(tmp_path)  # relative paths, as dvc runs the stage
     res = run_monitor(
-        cfg, synthetic_splits, Path("models"), Path("reports/monitor"), progress=False
+        replace(cfg, monitor={"retrain_collapsed": False}),
+        synthetic_splits,
+        Path("models"),
+        Path("reports/monitor"),
+        progress=False,
     )
     out = tmp_path / "reports/monitor"
     for name in ("monitor.json", "ensemble.json", "report.html", "config.json"):
@@ -273,12 +327,16 @@ def test_run_monitor_excludes_then_retrains_a_collapsed_split(
     assert all(c["final_msssim"] > 0.999 and c["collapsed"] for c in s0["classes"].values())
     assert all(c["reference"] < c["threshold"] for c in s0["classes"].values())
     assert [e["step"] for e in s0["events"]] == [3] * 5
-    assert s1["status"] == "healthy" and not s1["collapsed_classes"]
+    assert s1["status"] in (HEALTHY, NOT_CONVERGED) and not s1["collapsed_classes"]
+    assert s1["excess"] < s0["excess"]
     assert doc["excluded"][0]["split_id"] == 0 and "collapsed" in doc["excluded"][0]["reason"]
     assert read_manifest(out / "ensemble.json") == [Path("models/split_1")]
     assert [e["split_id"] for e in res.excluded] == [0]
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") == 2 and "Excluded from the ensemble" in html
+    # the headline speaks the shared vocabulary and carries the class tally
+    assert f"Split 0: {status.badge(COLLAPSED)} <small>5 of 5 classes collapsed</small>" in html
+    assert doc["excluded"][0]["status"] == COLLAPSED
 
     res2 = run_monitor(
         replace(cfg, monitor={"retrain_collapsed": True}),
@@ -355,6 +413,10 @@ def test_monitor_cli_end_to_end_with_mlflow(
     plots = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
     assert plots == {"plots/split_0.png", "plots/split_1.png"}
     assert run.data.tags["mlflow.parentRunId"]
+    doc = json.loads((tmp_path / "mon/monitor.json").read_text())
+    health = {k: r["status"] for k, r in doc["splits"].items()}
+    assert json.loads(run.data.tags["acgan.split_health"]) == health
+    assert run.data.tags["mlflow.source.name"] == "acgan monitor"
 
     # Bad input: a missing split output is one line on stderr and exit status 2.
     argv[argv.index("--models") + 1] = str(tmp_path / "nothing")

@@ -24,7 +24,9 @@ from acgan.models.ensemble import GENERATOR_FILE, write_manifest
 from acgan.registry.rules import decide
 from acgan.tracking import NullTracker, Tracker
 
-REG = ("registry.retries=2", "registry.retry_backoff_s=0.01")
+# turn_timeout_s: a version left unfinished (as a killed process leaves it) is taken over after
+# a second instead of a minute
+REG = ("registry.retries=2", "registry.retry_backoff_s=0.01", "registry.turn_timeout_s=1")
 
 
 # --- the rule, as a pure function -------------------------------------------------------------
@@ -155,20 +157,25 @@ def tracker(cfg: Config) -> Tracker:
         return Tracker(cfg.tracking.uri, cfg.tracking.experiment)
 
 
-@pytest.fixture(scope="module")
-def do_register(cfg: Config, tracker: Tracker, tiny_trained: TinyPipeline) -> Callable[..., Any]:
+def register_run(cfg: Config, root: Path, ingested: Path, tracker: Any) -> Any:
+    """``register()`` of what :func:`make_run` wrote under ``root`` (into ``root/register``)."""
     from acgan.registry.register import register
 
+    return register(
+        cfg,
+        root / "monitor" / "ensemble.json",
+        ingested,
+        root / "register",
+        tracker,
+        monitor_dir=root / "monitor",
+        eval_dir=root / "eval",
+    )
+
+
+@pytest.fixture(scope="module")
+def do_register(cfg: Config, tracker: Tracker, tiny_trained: TinyPipeline) -> Callable[..., Any]:
     def _do(root: Path, c: Config | None = None, tr: Any = None) -> Any:
-        return register(
-            c or cfg,
-            root / "monitor" / "ensemble.json",
-            tiny_trained.ingested,
-            root / "register",
-            tr or tracker,
-            monitor_dir=root / "monitor",
-            eval_dir=root / "eval",
-        )
+        return register_run(c or cfg, root, tiny_trained.ingested, tr or tracker)
 
     return _do
 
@@ -213,6 +220,19 @@ def test_first_version_becomes_champion_with_lineage(
     assert "AC-GAN ensemble" in mv.description
     rec = json.loads((root / "register" / "registration.json").read_text())
     assert rec["version"] == 1 and rec["champion"] and rec["model_uri"] == "models:/acgan-test/1"
+    # the version and its logged model point at each other (the UI shows both links) ...
+    logged = client.get_logged_model(mv.source.removeprefix("models:/"))
+    listed = json.loads(logged.tags["mlflow.modelVersions"])
+    assert listed == [{"name": "acgan-test", "version": "1"}]
+    assert logged.source_run_id == res.run_id == mv.run_id
+    # ... the description's command names this version, and the pipeline's run is over
+    assert "acgan generate --model models:/acgan-test/1 --classes 0,1" in mv.description
+    assert (
+        rec["generate"] in mv.description and "/versions/1?workflowType" in rec["links"]["version"]
+    )
+    parent = client.get_run(rec["pipeline_run_id"])
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags["acgan.model_uri"] == "models:/acgan-test/1"
     assert Image.open(root / "register" / "samples.png").size[0] > 0
     # the logged model is code + weights: no pickle anywhere, and it has its signature
     local = Path(client.download_artifacts(res.run_id, "", str(tmp_path / "dl")))

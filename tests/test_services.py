@@ -151,6 +151,68 @@ def test_register_promote_and_generate_through_the_server(
     assert (out / "grid.png").stat().st_size > 0
 
 
+def _rest(server: MlflowServer, path: str, **query: str) -> dict[str, Any]:
+    """GET an MLflow REST endpoint, as the UI's pages do."""
+    from urllib.parse import urlencode
+    from urllib.request import urlopen
+
+    with urlopen(f"{server.url}/api/2.0/mlflow/{path}?{urlencode(query)}", timeout=30) as r:
+        return dict(json.loads(r.read()))
+
+
+def test_rest_api_shows_what_the_ui_pages_show(
+    services: Services, cfg: Config, tmp_path: Path
+) -> None:
+    """The pages of docs/user-guide.md, through the REST API the UI reads: the pipeline's
+    parent run FINISHED with the headline figures, the version and its logged model linked
+    both ways, the aliases, the runs' source and the experiment's model-training view."""
+    from acgan.lineage import source_tags
+    from acgan.registry.register import register
+    from acgan.tracking import make_tracker
+
+    dirs = tuple(
+        perturbed_copy(d, tmp_path / "m" / d.name, 7e-3) for d in services.trained.model_dirs
+    )
+    # 0.75: above the champion of the test before, below the outage test's 0.8 after it
+    root = make_run(tmp_path / "r", dirs, 0.75, True)
+    tracker = make_tracker(True, cfg.tracking.uri, cfg.tracking.experiment, source_tags("t"))
+    res = register(
+        cfg, root / "monitor", services.trained.ingested, root / "register", tracker,
+        monitor_dir=root / "monitor", eval_dir=root / "eval",
+    )  # fmt: skip
+    rec = json.loads((root / "register" / "registration.json").read_text())
+    figures = json.loads((root / "eval" / "metrics.json").read_text())
+
+    parent = _rest(services.mlflow, "runs/get", run_id=rec["pipeline_run_id"])["run"]
+    assert parent["info"]["status"] == "FINISHED" and parent["info"]["end_time"]
+    metrics = {m["key"]: m["value"] for m in parent["data"]["metrics"]}
+    assert metrics["judge_accuracy"] == 0.75 and metrics["fid"] == figures["fid"]
+    tags = {t["key"]: t["value"] for t in parent["data"]["tags"]}
+    assert tags["acgan.model_uri"] == f"models:/{NAME}/{res.version}"
+    assert tags["acgan.gate"] == "passed" and "champion" in tags["acgan.aliases"]
+
+    version = _rest(services.mlflow, "model-versions/get", name=NAME, version=str(res.version))
+    mv = version["model_version"]
+    assert mv["run_id"] == res.run_id and mv["source"].startswith("models:/m-")
+    assert f"--model models:/{NAME}/{res.version} " in mv["description"]
+    logged = _rest(services.mlflow, f"logged-models/{mv['source'].removeprefix('models:/')}")
+    model = logged["model"]
+    assert model["info"]["source_run_id"] == res.run_id
+    linked = {t["key"]: t["value"] for t in model["info"]["tags"]}["mlflow.modelVersions"]
+    assert {"name": NAME, "version": str(res.version)} in json.loads(linked)
+
+    registered = _rest(services.mlflow, "registered-models/get", name=NAME)["registered_model"]
+    aliases = {a["alias"]: a["version"] for a in registered["aliases"]}
+    assert aliases == {"candidate": str(res.version), "champion": str(res.version)}
+
+    run = _rest(services.mlflow, "runs/get", run_id=res.run_id)["run"]
+    run_tags = {t["key"]: t["value"] for t in run["data"]["tags"]}
+    assert run["info"]["status"] == "FINISHED" and run_tags["mlflow.source.name"] == "t"
+    exp = _rest(services.mlflow, "experiments/get", experiment_id=run["info"]["experiment_id"])
+    exp_tags = {t["key"]: t["value"] for t in exp["experiment"]["tags"]}
+    assert exp_tags["mlflow.experimentKind"] == "custom_model_development"
+
+
 def test_outages_fail_cleanly_and_leave_no_version(
     services: Services,
     do_register: Callable[..., Any],
@@ -178,7 +240,7 @@ def test_outages_fail_cleanly_and_leave_no_version(
     # the MLflow server itself unreachable: one clear line, nothing written
     dead = load(None, [*SMALL_OVERRIDES, "tracking.uri=http://127.0.0.1:9"])
     with pytest.raises(AcganError, match=r"http://127.0.0.1:9"):
-        tracker = make_tracker(True, dead.tracking.uri, dead.tracking.experiment, 3.0)
+        tracker = make_tracker(True, dead.tracking.uri, dead.tracking.experiment, deadline_s=3.0)
         register(dead, root / "monitor", services.trained.ingested, root / "register", tracker)
     assert not (root / "register").exists()
 

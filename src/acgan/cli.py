@@ -26,8 +26,8 @@ from acgan.errors import AcganError, mask_credentials
 EPILOG_WIDTH = 100
 
 
-def _load_config(params: str, overrides: tuple[str, ...]) -> config_mod.Config:
-    cfg = config_mod.load(params, overrides, missing_ok=(params == "params.yaml"))
+def _load_config(params: tuple[str, ...], overrides: tuple[str, ...]) -> config_mod.Config:
+    cfg = config_mod.load(params, overrides, missing_ok=(params == ("params.yaml",)))
     env_uri = os.environ.get("MLFLOW_TRACKING_URI")
     if env_uri and env_uri != cfg.tracking.uri:  # the documented override, applied once, here
         cfg = config_mod.replace(cfg, tracking={"uri": env_uri})
@@ -62,15 +62,17 @@ def dir_option(*names: str, default: str | None, help: str) -> Callable[..., Any
 
 
 def with_config(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Adds ``--params FILE`` and repeatable ``--set section.key=value``; passes ``cfg``."""
+    """Adds repeatable ``--params FILE`` and ``--set section.key=value``; passes ``cfg``."""
 
     @click.option(
         "--params",
         "params",
-        default="params.yaml",
+        multiple=True,
+        default=("params.yaml",),
         show_default=True,
         type=click.Path(dir_okay=False),
-        help="YAML file of config overrides.",
+        help="YAML file of config overrides (repeatable: later files win; a `recipe: NAME` "
+        "key layers a preset beneath them).",
     )
     @click.option(
         "--set",
@@ -80,18 +82,22 @@ def with_config(fn: Callable[..., Any]) -> Callable[..., Any]:
         help="Override one key, e.g. --set train.steps=50 (repeatable).",
     )
     @functools.wraps(fn)
-    def wrapper(params: str, overrides: tuple[str, ...], **kwargs: Any) -> Any:
+    def wrapper(params: tuple[str, ...], overrides: tuple[str, ...], **kwargs: Any) -> Any:
         return fn(cfg=_load_config(params, overrides), **kwargs)
 
     return wrapper
 
 
 def make_tracker(cfg: config_mod.Config) -> Any:
+    """The tracker of this command; its runs name it (and the git commit) as their source."""
+    from acgan.lineage import source_tags
     from acgan.tracking import make_tracker as _make
 
-    return _make(
-        cfg.tracking.enabled, cfg.tracking.uri, cfg.tracking.experiment, cfg.tracking.deadline_s
-    )
+    ctx = click.get_current_context(silent=True)
+    command = f"acgan {ctx.info_name}" if ctx is not None else "acgan"
+    t = cfg.tracking
+    tags = source_tags(command) if t.enabled else None
+    return _make(t.enabled, t.uri, t.experiment, tags, t.deadline_s)
 
 
 def echo_json(obj: Any) -> None:
@@ -302,7 +308,7 @@ def monitor(
     for e in res.excluded:
         click.echo(f"excluded split {e['split_id']}: {e['reason']}")
     click.echo(
-        f"threshold {res.threshold:.3f}; ensemble of {len(res.members)} split(s) -> "
+        f"ensemble of {len(res.members)} split(s) -> "
         f"{res.manifest}; report {res.out_dir / 'report.html'} [MLflow run {res.run_id}]"
     )
 
@@ -459,8 +465,9 @@ def register(
 @click.option(
     "--model",
     default=None,
-    help="models:/NAME@champion (default: registry.model_name),"
-    " models:/NAME/3, runs:/ID/ensemble, a pyfunc dir or reports/monitor/ensemble.json.",
+    help="models:/NAME@champion (default: registry.model_name's @champion, else its"
+    " @candidate), models:/NAME/3, runs:/ID/ensemble, a pyfunc dir or"
+    " reports/monitor/ensemble.json.",
 )
 @click.option(
     "--classes", default=None, help="Comma-separated class indices or names [default: all]."
@@ -501,10 +508,15 @@ def generate(
       acgan generate --model models:/acgan-cifar10/2 --classes cat,dog --seed 1
       acgan generate --model reports/monitor/ensemble.json --n 8   # no registry needed
     """
-    from acgan.registry.generate import generate_images
+    from acgan.registry.generate import choose_model, generate_images
 
+    chosen, note = choose_model(
+        model, cfg.model_name, cfg.tracking.uri, deadline_s=cfg.tracking.deadline_s
+    )
+    if note:
+        click.echo(f"acgan: {note}", err=True)
     res = generate_images(
-        model or f"models:/{cfg.model_name}@champion",
+        chosen,
         Path(out),
         classes=[c.strip() for c in classes.split(",") if c.strip()] if classes else None,
         n=n,

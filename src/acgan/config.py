@@ -16,6 +16,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -76,20 +77,79 @@ class SplitConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
+    """The networks. Every default is the paper's (Tables 1-2) unless a recipe changes it."""
+
     latent_dim: int = _f(100, "noise dimensions; G's input is one-hot(classes) + noise", min=1)
+    g_widths: list[int] | None = _f(
+        None,
+        "G's maps: the Linear layer's, then one per upsampling block (null: the paper's, "
+        "384, 192, 96 at 32 px)",
+        min=1,
+    )
+    g_upsample: str = _f(
+        "transposed5",
+        "G's doubling: the paper's 5x5 stride-2 transposed conv, a 4x4 one, or "
+        "nearest-neighbour + 3x3 conv (no checkerboards)",
+        choices=("transposed5", "transposed4", "nearest"),
+    )
+    g_norm: str = _f(
+        "batch",
+        "G's normalisation: BatchNorm (paper), ProGAN's pixelwise, none",
+        choices=("batch", "pixel", "none"),
+    )
+    d_widths: list[int] | None = _f(
+        None, "D's six convolutions' maps (null: the paper's 16 ... 512)", min=1
+    )
+    d_norm: str = _f(
+        "batch", "D's normalisation: BatchNorm (paper) or none", choices=("batch", "none")
+    )
+    d_spectral_norm: bool = _f(False, "spectral normalisation of every D weight (Miyato 2018)")
     d_dropout: float = _f(
         0.5,
         "dropout after each D layer (the paper: 0.5; short runs learn faster with less)",
         min=0.0,
         max=0.9,
     )
+    d_mbstd: bool = _f(False, "ProGAN's minibatch standard-deviation map before D's heads")
+    d_noise_std: float = _f(
+        0.0,
+        "Gaussian noise on D's activations while training (the paper's grid: 0, 0.1, 0.2)",
+        min=0.0,
+        max=1.0,
+    )
+    equalized_lr: bool = _f(False, "ProGAN's equalised learning rate in G and D")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     steps: int = _f(400, "optimisation steps per split (one D and one G update each)", min=1)
     batch_size: int = _f(64, "images per step", min=2, max=65536)
-    lr: float = _f(2e-4, "Adam learning rate (G and D)", min=1e-7, max=1.0)
+    lr: float = _f(2e-4, "Adam learning rate (G and D unless lr_g / lr_d)", min=1e-7, max=1.0)
+    lr_g: float | None = _f(None, "G's learning rate (null: train.lr)", min=1e-7, max=1.0)
+    lr_d: float | None = _f(
+        None, "D's learning rate (null: train.lr; two-timescale: lr_d > lr_g)", min=1e-7, max=1.0
+    )
+    d_steps: int = _f(1, "D updates per G update", min=1, max=16)
+    loss: str = _f(
+        "bce",
+        "source loss: the paper's log-likelihood (non-saturating G) or hinge",
+        choices=("bce", "hinge"),
+    )
+    fake_class_loss: bool = _f(
+        True, "D's class loss includes G's samples (paper); false: real images only (ACGAN-Mod)"
+    )
+    class_weight: float = _f(
+        1.0, "weight of the class loss in D's and G's objectives", min=0.0, max=100.0
+    )
+    augment: list[str] = _f(
+        [],
+        "DiffAugment policies applied alike to D's real and fake inputs: color, translation, "
+        "cutout",
+        choices=("color", "translation", "cutout"),
+    )
+    d_joint_batch: bool = _f(
+        False, "real and fake images through D as one batch (one set of BatchNorm statistics)"
+    )
     beta1: float = _f(0.5, "Adam beta1", min=0.0, max=0.999999)
     beta2: float = _f(0.999, "Adam beta2", min=0.0, max=0.999999)
     seed: int = _f(0, "base seed; each split derives its own", min=0)
@@ -117,7 +177,15 @@ class MonitorConfig:
     enabled: bool = _f(True, "run the collapse monitor during training")
     every: int = _f(100, "steps between collapse checks", min=1)
     pairs: int = _f(50, "sample pairs per class for MS-SSIM (>= 50 recommended)", min=2)
-    margin: float = _f(0.05, "threshold = max real-class MS-SSIM + margin", min=0.0, max=1.0)
+    margin: float = _f(
+        0.05, "a class's threshold = its own real-image MS-SSIM + margin", min=0.0, max=1.0
+    )
+    rise: float = _f(
+        0.1,
+        "a collapse also needs the class's MS-SSIM this far above its own best (the trend)",
+        min=0.0,
+        max=1.0,
+    )
     threshold: float | None = _f(
         None, "explicit MS-SSIM threshold (overrides margin)", min=0.0, max=1.0
     )
@@ -127,7 +195,11 @@ class MonitorConfig:
     rollback_lr_factor: float = _f(
         0.5, "learning-rate factor applied at each rollback", min=1e-3, max=1.0
     )
-    retrain_collapsed: bool = _f(False, "retrain a collapsed split once with a new seed")
+    retrain_collapsed: bool = _f(
+        True,
+        "retrain a collapsed split (and any split no more diverse than it) once with a new seed "
+        "instead of only excluding it",
+    )
 
 
 @dataclass(frozen=True)
@@ -150,10 +222,35 @@ class EvalConfig:
         100, "samples per class searched for their nearest training image (pixel L1)", min=1
     )
     grid_classes: int = _f(10, "classes (rows) in the interpolation and class-swap grids", min=1)
-    min_accuracy: float = _f(0.3, "gate: judge accuracy of samples at least this", min=0.0, max=1.0)
-    max_fid: float | None = _f(None, "gate: FID at most this (null: no FID gate)", min=0.0)
+    min_skill: float | None = _f(
+        0.5,
+        "gate: judge accuracy of samples as a fraction of the judge's skill on real images, "
+        "(acc - chance) / (real acc - chance), at least this (null: no such gate)",
+        min=0.0,
+        max=2.0,
+    )
+    max_fid_ratio: float | None = _f(
+        5.0,
+        "gate: FID at most this many times the real-vs-real FID floor (null: no such gate)",
+        min=1.0,
+    )
     min_diverse_fraction: float = _f(
-        0.0, "gate: fraction of diverse classes at least this", min=0.0, max=1.0
+        0.5,
+        "gate: fraction of classes at least as diverse as the least diverse real class",
+        min=0.0,
+        max=1.0,
+    )
+    require_all_classes: bool = _f(
+        True, "gate: the ensemble must serve every class of the dataset (no excluded split)"
+    )
+    min_accuracy: float | None = _f(
+        None,
+        "gate: absolute judge accuracy of samples at least this (null: no such gate)",
+        min=0.0,
+        max=1.0,
+    )
+    max_fid: float | None = _f(
+        None, "gate: absolute FID at most this (null: no such gate)", min=0.0
     )
 
 
@@ -170,6 +267,20 @@ class RegistryConfig:
     )
     retry_backoff_s: float = _f(
         1.0, "delay before the first retry, doubled at each further one", min=0.0, max=60.0
+    )
+    serve_max_images: int = _f(
+        1024,
+        "most images one predict call / POST /invocations of the registered model may ask for "
+        "(refused with HTTP 400 before generating)",
+        min=1,
+        max=1_000_000,
+    )
+    turn_timeout_s: float = _f(
+        60.0,
+        "how long a registration waits for an older version still being registered (another "
+        "`acgan register`) before going ahead",
+        min=0.0,
+        max=3600.0,
     )
 
 
@@ -196,12 +307,14 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     registry: RegistryConfig = field(default_factory=RegistryConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    # The preset the values were layered on (recorded; its values are already in the sections).
+    recipe: str | None = None
 
-    def to_dict(self) -> dict[str, dict[str, Any]]:
+    def to_dict(self) -> dict[str, Any]:
         """Every key, as given (credentials included: what a later task needs to connect)."""
         return dataclasses.asdict(self)
 
-    def record(self) -> dict[str, dict[str, Any]]:
+    def record(self) -> dict[str, Any]:
         """:meth:`to_dict` for writing down (config.json, checkpoints, ``acgan config``): the
         user-info of URIs masked, so a tracking URI's credentials never reach a file."""
         d = self.to_dict()
@@ -209,8 +322,15 @@ class Config:
         return d
 
     def flat(self) -> dict[str, Any]:
-        """``{"train.steps": 400, ...}`` — the shape MLflow params want (credentials masked)."""
-        return {f"{s}.{k}": v for s, sec in self.record().items() for k, v in sec.items()}
+        """``{"train.steps": 400, ..., "recipe": "paper"}`` — the shape MLflow params want
+        (credentials masked)."""
+        out: dict[str, Any] = {}
+        for s, sec in self.record().items():
+            if isinstance(sec, dict):
+                out.update({f"{s}.{k}": v for k, v in sec.items()})
+            else:
+                out[s] = sec
+        return out
 
     def fingerprint(self, *sections: str, exclude: tuple[str, ...] = ()) -> str:
         """Short content hash of the given sections (all when none), minus ``exclude`` keys."""
@@ -357,7 +477,7 @@ def _read_yaml(p: Path) -> Any:
 def parse_override(text: str) -> tuple[str, Any]:
     """``"train.steps=50"`` -> ``("train.steps", 50)``; the value is parsed as YAML."""
     key, sep, value = text.partition("=")
-    if not sep or "." not in key:
+    if not sep or ("." not in key and key.strip() != "recipe"):
         raise ConfigError(f"override '{text}': expected section.key=value, e.g. train.steps=50")
     try:
         return key.strip(), yaml.safe_load(value)
@@ -367,10 +487,15 @@ def parse_override(text: str) -> tuple[str, Any]:
 
 def from_dict(raw: dict[str, Any], source: str = "config") -> Config:
     for name in raw:
-        if name not in _SECTION_TYPES:
-            known = ", ".join(_SECTION_TYPES)
+        if name not in _SECTION_TYPES and name != "recipe":
+            known = ", ".join([*_SECTION_TYPES, "recipe"])
             raise ConfigError(f"{source}: unknown section '{name}' (known: {known})")
-    cfg = Config(**{n: _build_section(n, raw.get(n), source) for n in _SECTION_TYPES})
+    recipe = raw.get("recipe")
+    if recipe is not None and not isinstance(recipe, str):
+        raise ConfigError(f"{source}: recipe: expected a preset name or YAML path, got {recipe!r}")
+    cfg = Config(
+        **{n: _build_section(n, raw.get(n), source) for n in _SECTION_TYPES}, recipe=recipe
+    )
     _cross_check(cfg, source)
     return cfg
 
@@ -391,36 +516,87 @@ def _cross_check(cfg: Config, source: str) -> None:
             seen.update(group)
     if len(set(cfg.split.ids)) != len(cfg.split.ids):
         raise ConfigError(f"{source}: split.ids has duplicates: {cfg.split.ids}")
+    if cfg.registry.model_name is not None and re.search(r"['\"`]", cfg.registry.model_name):
+        # the registry is searched by name, and MLflow's filter strings cannot escape quotes
+        raise ConfigError(
+            f"{source}: registry.model_name {cfg.registry.model_name!r} has a quote character; "
+            "name the model without ' \" or `"
+        )
+
+
+RECIPES_DIR = Path(__file__).parent / "recipes"
+
+
+def recipe_names() -> list[str]:
+    """The built-in presets (``src/acgan/recipes/<name>.yaml``)."""
+    return sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
+
+
+def _read_params(p: Path) -> dict[str, Any]:
+    loaded = _read_yaml(p) or {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{p}: expected a mapping of sections, got {type(loaded).__name__}")
+    return {k: dict(v) if isinstance(v, dict) else v for k, v in loaded.items()}
+
+
+def _layer(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``over`` on top of ``base``, key by key within each section."""
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in base.items()}
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k].update(v)
+        else:
+            out[k] = dict(v) if isinstance(v, dict) else v
+    return out
+
+
+def recipe_file(recipe: str) -> Path:
+    """A preset name (``paper``) or the path of a YAML file of overrides."""
+    if not isinstance(recipe, str) or not recipe:
+        raise ConfigError(f"recipe: expected a preset name or a YAML path, got {recipe!r}")
+    if "/" not in recipe and not recipe.endswith((".yaml", ".yml")):
+        path = RECIPES_DIR / f"{recipe}.yaml"
+        if not path.is_file():
+            known = ", ".join(recipe_names())
+            raise ConfigError(
+                f"recipe: unknown preset {recipe!r} (known: {known}); or give a YAML file path"
+            )
+        return path
+    if not Path(recipe).is_file():
+        raise ConfigError(f"recipe: {recipe}: file not found; give a preset name or a YAML path")
+    return Path(recipe)
 
 
 def load(
-    path: str | Path | None = "params.yaml",
+    path: str | Path | typing.Sequence[str | Path] | None = "params.yaml",
     overrides: typing.Sequence[str] = (),
     *,
     missing_ok: bool = True,
 ) -> Config:
-    """Read ``path`` (YAML, overrides only) and ``key=value`` overrides into a :class:`Config`.
+    """Read ``path`` (YAML, overrides only; several files layer left to right) and
+    ``key=value`` overrides into a :class:`Config`.
 
+    A ``recipe: NAME`` key (in a file, or ``--set recipe=NAME``) layers that preset's
+    overrides beneath the files: defaults < recipe < params files < ``--set``.
     A missing file is an error unless ``missing_ok`` and it is the default ``params.yaml``
     (then the built-in defaults apply).
     """
+    paths = [] if path is None else [path] if isinstance(path, str | Path) else list(path)
     raw: dict[str, Any] = {}
-    source = str(path) if path else "defaults"
-    if path is not None:
-        p = Path(path)
+    source = ", ".join(map(str, paths)) or "defaults"
+    for item in paths:
+        p = Path(item)
         if p.is_dir():
             raise ConfigError(f"{p}: is a directory; pass --params with a YAML file")
         if p.exists():
-            loaded = _read_yaml(p) or {}
-            if not isinstance(loaded, dict):
-                got = type(loaded).__name__
-                raise ConfigError(f"{p}: expected a mapping of sections, got {got}")
-            raw = loaded
+            raw = _layer(raw, _read_params(p))
         elif not (missing_ok and p.name == "params.yaml"):
             raise ConfigError(f"{p}: params file not found; pass --params with an existing file")
-    raw = {k: dict(v) if isinstance(v, dict) else v for k, v in raw.items()}
     for text in overrides:
         key, value = parse_override(text)
+        if key == "recipe":
+            raw["recipe"] = value
+            continue
         section, _, name = key.partition(".")
         if section not in _SECTION_TYPES:
             raise ConfigError(f"override '{text}': unknown section '{section}'")
@@ -428,12 +604,20 @@ def load(
         if not isinstance(sec, dict):
             raise ConfigError(f"{source}: section '{section}' must be a mapping")
         sec[name] = value
+    if raw.get("recipe") is not None:
+        preset_path = recipe_file(raw["recipe"])
+        preset = _read_params(preset_path)
+        if "recipe" in preset:
+            raise ConfigError(f"{preset_path}: a recipe cannot name another recipe")
+        raw = _layer(preset, raw)
     return from_dict(raw, source)
 
 
 def describe() -> list[tuple[str, str, Any, str]]:
     """``(key, type, default, doc)`` for every key — used by ``acgan config --list``."""
-    rows = []
+    presets = ", ".join(recipe_names())
+    doc = f"preset layered beneath the params files: {presets}, or a YAML path"
+    rows = [("recipe", "str | null", None, doc)]
     for name, cls in _SECTION_TYPES.items():
         hints = typing.get_type_hints(cls)
         for f in dataclasses.fields(cls):

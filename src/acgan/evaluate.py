@@ -12,6 +12,7 @@ data hash it was trained on, the cache key), ``training.png``, ``config.json``.
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -20,7 +21,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from acgan import checkpoint
 from acgan.config import Config, EvalConfig
@@ -29,11 +29,12 @@ from acgan.data.shards import read_images
 from acgan.data.splits import load_plan
 from acgan.errors import CheckpointError, DataError
 from acgan.evaluate_judge import JudgeResult, judge_key, read_json, train_judge
-from acgan.evaluate_report import grids, render_report, write_plots
-from acgan.lineage import open_pipeline_run, write_stage_config
+from acgan.evaluate_report import grids, headline, render_report, split_statuses, write_plots
+from acgan.lineage import finish_pipeline_run, open_pipeline_run, write_stage_config
 from acgan.metrics import suite
 from acgan.metrics.judge import JUDGE_FILE, JUDGE_JSON, Judge, holdout_mask, load_judge
 from acgan.models.ensemble import Ensemble
+from acgan.progress import progress_bar
 from acgan.tracking import STAGE_TAG, NullTracker, Tracker
 
 
@@ -47,31 +48,75 @@ class EvalResult:
     timings: dict[str, float] = field(default_factory=dict)  # seconds per phase and metric
 
 
+# (figure, direction, config key); a key set to null switches its check off.
+# What to do next when a gate check fails (the last field of GATE_CHECKS).
+_UNRECOGNISED = (
+    "the judge does not recognise the samples' classes: train longer (train.steps) or on a "
+    "GPU, and look at the split runs' sample grids"
+)
+_FAR = (
+    "the samples are far from the real images overall: train longer, and compare the "
+    "report's sample grid with real images of the same classes"
+)
+_ALIKE = (
+    "too many classes' samples look alike: train longer, or act on collapse (monitor.action: "
+    "rollback, monitor.retrain_collapsed: true); the monitor report shows which classes"
+)
+# (figure, comparison, eval.* key of its limit, what to do when the check fails)
+GATE_CHECKS: tuple[tuple[str, str, str, str], ...] = (
+    ("judge_skill", ">=", "min_skill", _UNRECOGNISED),
+    ("fid_ratio", "<=", "max_fid_ratio", _FAR),
+    ("diverse_fraction", ">=", "min_diverse_fraction", _ALIKE),
+    ("judge_accuracy", ">=", "min_accuracy", _UNRECOGNISED),
+    ("fid", "<=", "max_fid", _FAR),
+)
+
+
 def gate_decision(metrics: dict[str, Any], cfg: EvalConfig) -> dict[str, Any]:
-    """Pass when every configured threshold holds; each failure is one reason naming its key."""
-    checks: list[tuple[str, str, float, str]] = [
-        ("judge_accuracy", ">=", cfg.min_accuracy, "eval.min_accuracy"),
-        ("diverse_fraction", ">=", cfg.min_diverse_fraction, "eval.min_diverse_fraction"),
-    ]
-    if cfg.max_fid is not None:
-        checks.append(("fid", "<=", cfg.max_fid, "eval.max_fid"))
-    reasons, figures = [], {}
-    for name, op, limit, key in checks:
+    """Pass when every configured threshold holds; each failure is one reason naming its key
+    and one line of advice (what to do next), in ``reasons`` and ``advice`` alike.
+
+    The default thresholds are relative: to chance and the judge's own accuracy on real images
+    (``judge_skill``), to the FID two sets of real images have (``fid_ratio``), and to the real
+    data's diversity (``diverse_fraction``), so one setting means the same on any dataset; and
+    the ensemble must serve every class of the dataset (``require_all_classes``).
+    """
+    reasons, advice, figures, thresholds = [], [], {}, {}
+    for name, op, key, todo in GATE_CHECKS:
+        limit = getattr(cfg, key)
+        thresholds[key] = limit
+        if limit is None:
+            continue
         value = metrics.get(name)
         figures[name] = value
         if not math.isfinite(float(limit)):  # NaN compares false both ways: never a pass
-            reasons.append(f"{key} is not a finite number ({limit}); set a real threshold")
+            reasons.append(f"eval.{key} is not a finite number ({limit}); set a real threshold")
+            advice.append(f"eval.{key}: set a finite threshold (or null to switch it off)")
         elif value is None or not math.isfinite(float(value)):
-            reasons.append(f"{name} is missing or not a number ({value}); {key}: {limit:g}")
+            reasons.append(f"{name} is missing or not a number ({value}); eval.{key}: {limit:g}")
+            advice.append(f"{name}: re-run `acgan evaluate` and check its log for this figure")
         elif (value < limit) if op == ">=" else (value > limit):
             side = "below the minimum" if op == ">=" else "above the maximum"
-            reasons.append(f"{name} {value:.4g} is {side} {limit:g} ({key})")
-    thresholds = {
-        "min_accuracy": cfg.min_accuracy,
-        "min_diverse_fraction": cfg.min_diverse_fraction,
-        "max_fid": cfg.max_fid,
+            reasons.append(f"{name} {value:.4g} is {side} {limit:g} (eval.{key})")
+            advice.append(f"{name}: {todo}")
+    thresholds["require_all_classes"] = cfg.require_all_classes
+    missing = metrics.get("classes_missing") or []
+    if cfg.require_all_classes and missing:
+        reasons.append(
+            f"the ensemble does not serve {len(missing)} class(es) of the dataset: "
+            f"{', '.join(map(str, missing))} (eval.require_all_classes); retrain their splits"
+        )
+        advice.append(
+            "classes_missing: the monitor excluded their splits (reports/monitor/report.html "
+            "says why); retrain them, or set monitor.retrain_collapsed: true"
+        )
+    return {
+        "passed": not reasons,
+        "reasons": reasons,
+        "advice": advice,
+        "figures": figures,
+        "thresholds": thresholds,
     }
-    return {"passed": not reasons, "reasons": reasons, "figures": figures, "thresholds": thresholds}
 
 
 def _check_inputs(ensemble_manifest: Path, judge_dir: Path) -> None:
@@ -128,7 +173,9 @@ def generate_samples(
         # images are made contiguous again below, so nothing downstream sees the layout.
         m.G.to(memory_format=torch.channels_last)
     images, labels = [], []
-    bar = tqdm(total=n * len(ensemble.classes), desc="generate", unit="img", disable=not progress)
+    bar = progress_bar(
+        total=n * len(ensemble.classes), desc="generate", unit="img", disable=not progress
+    )
     with bar, torch.inference_mode():
         for c in ensemble.classes:
             images.append(
@@ -239,7 +286,9 @@ def evaluate(
     )
     data.embedding("real"), data.embedding("fake")
     lap("judge features")
-    bar = tqdm(total=len(suite.METRICS), desc="metrics", unit="metric", disable=not progress)
+    bar = progress_bar(
+        total=len(suite.METRICS), desc="metrics", unit="metric", disable=not progress
+    )
     with bar:
         figs, protocols = suite.compute(
             data,
@@ -248,6 +297,9 @@ def evaluate(
         )
     clock = time.perf_counter()
     metrics = _metrics_json(figs, data.class_names)
+    metrics["classes_missing"] = [
+        n for c, n in enumerate(manifest.class_names) if c not in set(ensemble.classes)
+    ]
     gate = gate_decision(metrics, e)
     images = grids(ensemble, data, figs, e)
     lap("grids")
@@ -277,12 +329,27 @@ def evaluate(
             "real_accuracy": info.get("real_accuracy"),
         },
     }
+    splits = split_statuses(read_json(ensemble_manifest) or {}, ensemble)
+    head = headline(metrics, gate)
     try:
         with checkpoint.atomic_dir(out_dir) as tmp:
-            checkpoint.atomic_write_json(tmp / "metrics.json", metrics)
+            checkpoint.atomic_write_json(tmp / "metrics.json", head)
+            checkpoint.atomic_write_json(tmp / "figures.json", metrics)
             checkpoint.atomic_write_json(tmp / "gate.json", gate)
             write_plots(tmp / "plots", figs, data, images)
-            report = render_report(metrics, gate, protocols, inputs, tmp / "plots", run.run_id)
+            report = render_report(
+                metrics,
+                gate,
+                protocols,
+                inputs,
+                tmp / "plots",
+                links={
+                    "run": tracker.run_url(run.run_id),
+                    "runs": tracker.runs_url(),
+                    "hint": tracker.ui_hint,
+                },
+                splits=splits,
+            )
             (tmp / "report.html").write_text(report, encoding="utf-8")
             lap("report")
             write_stage_config(
@@ -297,10 +364,18 @@ def evaluate(
             )
         run.log_metrics(_flat("", metrics))
         run.log_artifact(out_dir / "plots", "evaluate/plots")
-        for name in ("metrics.json", "gate.json", "report.html", "config.json"):
+        for name in ("metrics.json", "figures.json", "gate.json", "report.html", "config.json"):
             run.log_artifact(out_dir / name, "evaluate")
-        run.set_tags({"acgan.gate": "passed" if gate["passed"] else "failed"})
+        result_tags = {
+            "acgan.gate": "passed" if gate["passed"] else "failed",
+            "acgan.gate_reasons": "; ".join(gate["reasons"]) or "all thresholds met",
+            "acgan.split_health": json.dumps({str(s["split_id"]): s["status"] for s in splits}),
+        }
+        run.set_tags(result_tags)
         run.end("FINISHED")
+        # The pipeline's result, on its parent run: when the gate fails on Kubeflow nothing
+        # runs after this stage; when register runs, it adds the version and ends it again.
+        finish_pipeline_run(parent, head, result_tags)
     except BaseException as exc:  # the run must not stay RUNNING in MLflow
         run.end("FAILED" if isinstance(exc, Exception) else "KILLED")
         raise

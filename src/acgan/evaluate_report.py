@@ -24,12 +24,34 @@ from acgan.checkpoint import atomic_write_json
 from acgan.config import EvalConfig
 from acgan.metrics import suite
 from acgan.models.ensemble import Ensemble
-from acgan.models.sampling import grid_image, latents
+from acgan.models.sampling import labelled_grid, latents
+from acgan.monitor import status
 from acgan.tracking import png_bytes
 
 GRID_COLUMNS = 10
 INTERP_STEPS = 8
 NN_QUANTILES = 21
+
+# The figures of reports/eval/metrics.json (`dvc metrics show`, the parent MLflow run, the
+# registry's tags); figures.json, the evaluate run and the report hold every figure. Few
+# enough that `dvc metrics show`'s one row stays about 160 characters wide.
+HEADLINE = (
+    "judge_accuracy",
+    "judge_skill",
+    "diverse_fraction",
+    "msssim_mean",
+    "fid",
+    "fid_ratio",
+    "inception_score",
+    "nn_l1_ratio",
+)
+
+
+def headline(metrics: dict[str, Any], gate: dict[str, Any]) -> dict[str, float]:
+    out = {k: float(metrics[k]) for k in HEADLINE if isinstance(metrics.get(k), int | float)}
+    out["gate_passed"] = float(bool(gate["passed"]))
+    return out
+
 
 # (file, title, caption) of every picture, in report order.
 PICTURES = (
@@ -37,10 +59,18 @@ PICTURES = (
     ("accuracy.png", "Judge accuracy per class", "samples vs held-out real images"),
     ("msssim.png", "MS-SSIM diversity", "per class: samples vs real; lower is more diverse"),
     ("resolution.png", "Resolution discriminability", "the paper's Figure 2"),
-    ("nn_distance.png", "Memorisation", "distance to the nearest training image (pixel L1)"),
-    ("memorisation.png", "Nearest neighbours", "pairs: sample | its nearest training image"),
+    (
+        "nn_distance.png",
+        "Nearest-neighbour distances",
+        "each sample's distance to its nearest training image (pixel L1), against real images'",
+    ),
+    (
+        "memorisation.png",
+        "Memorisation",
+        "the closest pairs per class: sample | its nearest training image",
+    ),
     ("interpolation.png", "Latent interpolation", "one class per row, z0 -> z1 linearly"),
-    ("class_swap.png", "Class swap", "the same z in every row (column), one class per row"),
+    ("class_swap.png", "Class swap", "the same z in every column, one class per row"),
 )
 
 
@@ -85,12 +115,14 @@ def _pick(classes: list[int], k: int) -> list[int]:
 def grids(
     ensemble: Ensemble, data: suite.EvalData, figs: suite.Figures, cfg: EvalConfig
 ) -> dict[str, np.ndarray]:
-    """Sample, interpolation, class-swap and nearest-neighbour grids (HxWx3 uint8)."""
+    """Sample, interpolation, class-swap and nearest-neighbour grids (HxWx3 uint8), one row
+    per class, labelled with its name, each image at least 64 px."""
     rows = _pick(data.classes, cfg.grid_classes)
+    names = [data.class_names[c] for c in rows]
     out: dict[str, np.ndarray] = {}
     per = min(GRID_COLUMNS, int((data.fake_labels == rows[0]).sum()))
-    out["samples.png"] = grid_image(
-        torch.cat([data.fake_images[data.fake_labels == c][:per] for c in rows]), nrow=per
+    out["samples.png"] = labelled_grid(
+        torch.cat([data.fake_images[data.fake_labels == c][:per] for c in rows]), per, names
     )
     dim = ensemble.latent_dim
     ends = latents(2 * len(rows), dim, cfg.seed + 1)
@@ -99,10 +131,10 @@ def grids(
         ensemble.generate(c, INTERP_STEPS, z=(1 - t) * ends[2 * i] + t * ends[2 * i + 1])
         for i, c in enumerate(rows)
     ]
-    out["interpolation.png"] = grid_image(torch.cat(interp), nrow=INTERP_STEPS)
+    out["interpolation.png"] = labelled_grid(torch.cat(interp), INTERP_STEPS, names)
     z = latents(GRID_COLUMNS, dim, cfg.seed + 2)
     swap = [ensemble.generate(c, GRID_COLUMNS, z=z) for c in rows]
-    out["class_swap.png"] = grid_image(torch.cat(swap), nrow=GRID_COLUMNS)
+    out["class_swap.png"] = labelled_grid(torch.cat(swap), GRID_COLUMNS, names)
     pairs = [p for p in figs.tables.get("nn_pairs", []) if p[0] in rows]
     if pairs:
         k = min(len(p[1]) for p in pairs)
@@ -110,39 +142,46 @@ def grids(
             torch.stack([img for s, n in zip(q[:k], b[:k], strict=True) for img in (s, n)])
             for _, q, b, _ in pairs
         ]
-        out["memorisation.png"] = grid_image(torch.cat(tiles), nrow=2 * k)
+        pair_names = [data.class_names[p[0]] for p in pairs]
+        out["memorisation.png"] = labelled_grid(torch.cat(tiles), 2 * k, pair_names)
     return out
 
 
+def _figure(width: float, height: float) -> Figure:
+    # constrained layout keeps tick labels, axis labels and outside legends inside the image
+    return Figure(figsize=(width, height), dpi=100, layout="constrained")
+
+
 def _accuracy_plot(table: list[dict[str, Any]]) -> np.ndarray:
-    fig = Figure(figsize=(max(5, 0.6 * len(table) + 2), 3.2), dpi=100)
+    fig = _figure(max(5.0, 0.6 * len(table) + 2), 3.6)
     ax = fig.subplots()
     x = np.arange(len(table))
     ax.bar(x - 0.2, [r["judge_accuracy"] for r in table], 0.4, label="samples")
     ax.bar(x + 0.2, [r["real_judge_accuracy"] for r in table], 0.4, label="real (held out)")
     ax.set_xticks(x, [r["class"] for r in table], rotation=45, ha="right")
-    ax.set(ylabel="judge top-1 accuracy", ylim=(0, 1.05))
-    ax.legend()
-    fig.tight_layout()
+    ax.set(ylabel="judge top-1 accuracy", ylim=(0, 1.0))
+    # above the axes, never over the bars
+    ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncols=2, frameon=False)
     return _render(fig)
 
 
 def _msssim_plot(table: list[dict[str, Any]], threshold: float) -> np.ndarray:
-    fig = Figure(figsize=(4.5, 4), dpi=100)
+    """One row per class (names on the axis, never on top of each other): samples vs real."""
+    fig = _figure(6.0, max(3.0, 0.32 * len(table) + 1.4))
     ax = fig.subplots()
-    ax.scatter([r["msssim_real"] for r in table], [r["msssim"] for r in table])
-    for r in table:
-        ax.annotate(r["class"], (r["msssim_real"], r["msssim"]), fontsize=7)
-    ax.plot([0, 1], [0, 1], "k:", lw=1, label="samples = real")
-    ax.axhline(threshold, color="r", lw=1, label="least diverse real class")
-    ax.set(xlabel="real MS-SSIM", ylabel="sample MS-SSIM", xlim=(0, 1), ylim=(0, 1))
-    ax.legend(fontsize=7)
-    fig.tight_layout()
+    y = np.arange(len(table))
+    ax.barh(y - 0.2, [r["msssim"] for r in table], 0.4, label="samples")
+    ax.barh(y + 0.2, [r["msssim_real"] for r in table], 0.4, label="real")
+    ax.axvline(threshold, color="r", lw=1, ls="--", label="least diverse real class")
+    ax.set_yticks(y, [r["class"] for r in table])
+    ax.invert_yaxis()  # first class on top, as in the tables
+    ax.set(xlabel="mean pairwise MS-SSIM (lower: more diverse)", xlim=(0, 1))
+    ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncols=3, frameon=False, fontsize=8)
     return _render(fig)
 
 
 def _resolution_plot(rows: list[dict[str, float]]) -> np.ndarray:
-    fig = Figure(figsize=(4.5, 3.2), dpi=100)
+    fig = _figure(4.8, 3.4)
     ax = fig.subplots()
     sides = [r["resolution"] for r in rows]
     ax.plot(sides, [r["real_accuracy"] for r in rows], marker="o", label="real (held out)")
@@ -150,22 +189,23 @@ def _resolution_plot(rows: list[dict[str, float]]) -> np.ndarray:
     ax.set_xscale("log", base=2)
     ax.set_xticks(sides, [str(s) for s in sides])
     ax.set(xlabel="resolution (px, resized back)", ylabel="judge accuracy", ylim=(0, 1.05))
-    ax.legend()
-    fig.tight_layout()
+    ax.legend(fontsize=8)
     return _render(fig)
 
 
 def _nn_plot(dist: dict[str, list[float]]) -> np.ndarray:
-    fig = Figure(figsize=(4.5, 3.2), dpi=100)
+    fig = _figure(5.2, 3.6)
     ax = fig.subplots()
     both = [*dist.get("samples", []), *dist.get("real", [])]
     bins = np.histogram_bin_edges(both, bins=30) if both else 30  # one set of bins for both
     for key, label in (("samples", "samples"), ("real", "real (held out)")):
         if dist.get(key):
             ax.hist(dist[key], bins=bins, alpha=0.6, density=True, label=label)
-    ax.set(xlabel="mean |pixel difference| to nearest training image (0-255)", ylabel="density")
-    ax.legend()
-    fig.tight_layout()
+    ax.set(
+        xlabel="distance to the nearest training image\n(mean |pixel difference|, 0-255)",
+        ylabel="density",
+    )
+    ax.legend(fontsize=8)
     return _render(fig)
 
 
@@ -211,19 +251,76 @@ def _fmt(v: Any) -> str:
     return html.escape(str(v))
 
 
+def split_statuses(manifest: dict[str, Any], ensemble: Ensemble) -> list[dict[str, Any]]:
+    """Each split's monitor status as the ensemble manifest records it (members and the
+    excluded), for the report and the tags: the monitor's word, not a new judgement."""
+    classes = {m.split_id: m.class_names for m in ensemble.members}
+    rows = [
+        {
+            "split_id": int(m["split_id"]),
+            "status": str(m.get("status") or status.UNKNOWN),
+            "classes": classes.get(int(m["split_id"]), []),
+            "note": "",
+        }
+        for m in manifest.get("members", [])
+    ]
+    rows += [
+        {
+            "split_id": int(x["split_id"]),
+            "status": str(x.get("status") or status.EXCLUDED),
+            "classes": [],
+            "note": f"excluded from the ensemble: {x.get('reason', 'no reason given')}",
+        }
+        for x in manifest.get("excluded", [])
+    ]
+    return sorted(rows, key=lambda r: r["split_id"])
+
+
+def _gate_html(gate: dict[str, Any]) -> str:
+    e = html.escape
+    verdict = "PASSED" if gate["passed"] else "FAILED"
+    colour = "#1a7f37" if gate["passed"] else "#cf222e"
+    advice = gate.get("advice") or []
+    items = "".join(
+        f"<li>{e(r)}"
+        + (f"<br><b>What to do next:</b> {e(advice[i])}" if i < len(advice) else "")
+        + "</li>"
+        for i, r in enumerate(gate["reasons"])
+    )
+    return (
+        f"<p class='gate' style='background:{colour}'>gate {verdict}</p>"
+        f"<ul>{items or '<li>all thresholds met</li>'}</ul>"
+    )
+
+
+def _splits_html(splits: list[dict[str, Any]]) -> str:
+    if not splits:
+        return ""
+    e = html.escape
+    rows = "".join(
+        f"<tr><th>split {r['split_id']}</th><td>{status.badge(r['status'])}</td>"
+        f"<td>{e(', '.join(r['classes']))}</td><td>{e(r['note'])}</td></tr>"
+        for r in splits
+    )
+    return (
+        "<h2>Splits (the collapse monitor's verdict)</h2><table><tr><th>split</th>"
+        f"<th>status</th><th>classes</th><th>note</th></tr>{rows}</table>"
+        + status.legend_html(r["status"] for r in splits)
+    )
+
+
 def render_report(
     metrics: dict[str, Any],
     gate: dict[str, Any],
     protocols: dict[str, str],
     inputs: dict[str, Any],
     plot_dir: Path,
-    run_id: str | None,
+    links: dict[str, str | None],
+    splits: list[dict[str, Any]],
 ) -> str:
-    """One HTML page: gate, headline figures, per-class table, every picture inlined."""
+    """One HTML page: gate (with what to do next), the splits' status, figures, per-class
+    table, every picture inlined, protocols, inputs and links to the MLflow runs."""
     e = html.escape
-    verdict = "PASSED" if gate["passed"] else "FAILED"
-    colour = "#1a7f37" if gate["passed"] else "#cf222e"
-    reasons = "".join(f"<li>{e(r)}</li>" for r in gate["reasons"]) or "<li>all thresholds met</li>"
     headline = "".join(
         f"<tr><th>{e(k)}</th><td>{_fmt(v)}</td></tr>"
         for k, v in metrics.items()
@@ -255,19 +352,21 @@ def render_report(
 body {{ font-family: system-ui, sans-serif; margin: 2em; max-width: 1100px; }}
 table {{ border-collapse: collapse; margin: 1em 0; font-size: 0.9em; }}
 th, td {{ border: 1px solid #ccc; padding: 3px 8px; text-align: left; }}
-.gate {{ color: white; background: {colour}; padding: 0.5em 1em; display: inline-block; }}
+.gate {{ color: white; padding: 0.5em 1em; display: inline-block; font-weight: bold; }}
 img {{ image-rendering: pixelated; max-width: 100%; }}
 figure {{ display: inline-block; vertical-align: top; margin: 1em; }}
 pre {{ background: #f6f8fa; padding: 1em; overflow-x: auto; }}
+dl.legend dt {{ float: left; clear: left; width: 9em; }} dl.legend dd {{ margin-left: 9.5em; }}
+{status.BADGE_CSS}
 </style></head><body>
 <h1>AC-GAN ensemble evaluation</h1>
-<p class="gate">gate {verdict}</p>
-<ul>{reasons}</ul>
+{status.links_html(links, {"run": "this evaluation's run", "runs": "all runs"})}
+{_gate_html(gate)}
+{_splits_html(splits)}
 <h2>Figures</h2><table>{headline}</table>
 <h2>Per class</h2><table><tr><th>class</th>{pc_head}</tr>{pc_rows}</table>
 <h2>Pictures</h2>{"".join(pictures)}
 <h2>Protocols</h2><ul>{protos}</ul>
 <h2>Inputs</h2><pre>{e(json.dumps(inputs, indent=2, default=str))}</pre>
-<p>MLflow run: {e(str(run_id))}</p>
 </body></html>
 """

@@ -6,7 +6,10 @@ fields, and logs them to the pipeline's MLflow run, so any artifact can be trace
 
 from __future__ import annotations
 
+import contextlib
+import getpass
 import subprocess
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +76,32 @@ def write_stage_config(
     record = stage_record(cfg, stage, data_hash, **extra)
     atomic_write_json(Path(out_dir) / "config.json", record)
     return record
+
+
+def source_tags(command: str, kind: str = "LOCAL") -> dict[str, str]:
+    """MLflow's own source tags for every run a command creates: the UI shows them as the
+    run's "Source" (the command), its git commit and who ran it."""
+    tags = {"mlflow.source.name": command, "mlflow.source.type": kind}
+    # the UI's "Created by" (a container's uid may have no passwd entry: then no user)
+    with contextlib.suppress(KeyError, OSError):
+        tags["mlflow.user"] = getpass.getuser()
+    commit = git_commit()
+    if commit:
+        tags["mlflow.source.git.commit"] = commit
+    return tags
+
+
+def finish_pipeline_run(
+    parent: Run, metrics: Mapping[str, float] | None = None, tags: Mapping[str, Any] | None = None
+) -> None:
+    """The pipeline's result on its parent run, which ends FINISHED: the last stage that runs
+    calls this (evaluate; register after it when it runs). A later stage reopens the run."""
+    if metrics:
+        have = parent.metrics()  # a second stage's same figures add no duplicate points
+        parent.log_metrics({k: v for k, v in metrics.items() if have.get(k) != v})
+    if tags:
+        parent.set_tags(tags)
+    parent.end("FINISHED")
 
 
 def open_pipeline_run(

@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from acgan.errors import AcganError, TrackingError, mask_credentials, one_line
+from acgan.errors import AcganError, TrackingError, mask_credentials, one_line, strip_credentials
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +33,14 @@ PIPELINE_KEY_TAG = "acgan.pipeline_key"
 SPLIT_TAG = "acgan.split"
 STAGE_TAG = "acgan.stage"
 PARENT_TAG = "mlflow.parentRunId"
+# MLflow 3's UI opens an experiment on its GenAI (traces) view unless the experiment says it
+# holds model training runs.
+EXPERIMENT_KIND_TAG, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
+# Where `mlflow ui` / `mlflow server` listen by default: the UI of a local (sqlite, file) store.
+LOCAL_UI = "http://127.0.0.1:5000"
+# MLflow 3.17's UI keeps its GenAI / model-training switch per browser (GenAI by default) and
+# takes it from this query parameter: every link we print opens the model-training pages.
+TRAINING_VIEW = "?workflowType=machine_learning"
 T = TypeVar("T")
 
 
@@ -152,8 +160,14 @@ def _run_key(parent_id: str, tags: Mapping[str, Any]) -> str:
 class Run:
     """A handle on one MLflow run; every method is a no-op on :class:`NullRun`."""
 
-    def __init__(self, client: Any, run_id: str, retry: Retry | None = None) -> None:
-        self._client, self.run_id = client, run_id
+    def __init__(
+        self,
+        client: Any,
+        run_id: str,
+        parent_id: str | None = None,
+        retry: Retry | None = None,
+    ) -> None:
+        self._client, self.run_id, self.parent_id = client, run_id, parent_id
         self._retry = retry or Retry("the tracking server")
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
@@ -214,19 +228,24 @@ class Run:
             lambda: self._client.log_text(self.run_id, text, artifact_file),
         )
 
-    def end(self, status: str = "FINISHED") -> None:
-        self._retry("end run", lambda: self._client.set_terminated(self.run_id, status))
+    def metrics(self) -> dict[str, float]:
+        """The latest value of each metric of the run."""
+        return dict(self._retry("get run", lambda: self._client.get_run(self.run_id)).data.metrics)
 
-    @property
-    def url_hint(self) -> str:
-        return f"run {self.run_id}"
+    def end(self, status: str = "FINISHED") -> None:
+        """End the run. A stage that fails (or is killed) ends its pipeline run the same way:
+        no later stage will run to finish it, and RUNNING forever would be a lie."""
+        self._retry("end run", lambda: self._client.set_terminated(self.run_id, status))
+        if status != "FINISHED" and self.parent_id:
+            parent = self.parent_id
+            self._retry("end pipeline run", lambda: self._client.set_terminated(parent, status))
 
 
 class NullRun(Run):
     """Accepts every call and records nothing (tracking disabled, or unit tests)."""
 
     def __init__(self, run_id: str = "none") -> None:  # noqa: D107 - no client
-        self.run_id = run_id
+        self.run_id, self.parent_id = run_id, None
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None: ...
     def log_params(self, params: Mapping[str, Any]) -> None: ...
@@ -235,17 +254,29 @@ class NullRun(Run):
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None: ...
     def log_dict(self, obj: Any, artifact_file: str) -> None: ...
     def log_text(self, text: str, artifact_file: str) -> None: ...
+    def metrics(self) -> dict[str, float]:
+        return {}
+
     def end(self, status: str = "FINISHED") -> None: ...
 
 
 class Tracker:
     """Opens pipeline (parent) runs and per-split / per-stage (child) runs in one experiment."""
 
-    def __init__(self, uri: str, experiment: str, deadline_s: float = DEFAULT_DEADLINE_S) -> None:
+    def __init__(
+        self,
+        uri: str,
+        experiment: str,
+        tags: Mapping[str, str] | None = None,
+        deadline_s: float = DEFAULT_DEADLINE_S,
+    ) -> None:
+        """``tags`` go on every run this tracker creates (the source: command, git commit);
+        every call is retried within ``deadline_s`` (:class:`Retry`)."""
         import mlflow
         from mlflow.tracking import MlflowClient
 
-        self.uri, self.experiment, self.deadline_s = uri, experiment, deadline_s
+        self.uri, self.experiment, self.tags = uri, experiment, dict(tags or {})
+        self.deadline_s = deadline_s
         self._retry = Retry(uri, deadline_s)
         mlflow.set_tracking_uri(uri)  # also what mlflow.pyfunc loads use
         self._client = MlflowClient(tracking_uri=uri)
@@ -258,14 +289,63 @@ class Tracker:
     def _experiment_id(self) -> str:
         exp = self._client.get_experiment_by_name(self.experiment)
         if exp is not None:
+            if exp.tags.get(EXPERIMENT_KIND_TAG) is None:
+                self._client.set_experiment_tag(
+                    exp.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING
+                )
             return exp.experiment_id
         try:
-            return self._client.create_experiment(self.experiment)
+            return self._client.create_experiment(
+                self.experiment, tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING}
+            )
         except Exception:  # another process created it in between
             exp = self._client.get_experiment_by_name(self.experiment)
             if exp is None:
                 raise
             return exp.experiment_id
+
+    def _create_run(self, name: str, tags: Mapping[str, str]) -> str:
+        all_tags = {**self.tags, **tags}
+        created = self._retry(
+            "create run",
+            lambda: self._client.create_run(self.experiment_id, run_name=name, tags=all_tags),
+        )
+        return str(created.info.run_id)
+
+    def _reopen(self, run_id: str) -> None:
+        """A stage is about to log into ``run_id``: it is running again (a retried or resumed
+        stage after a failure, an edited stage re-run after the pipeline had finished)."""
+        info = self._retry("get run", lambda: self._client.get_run(run_id)).info
+        if info.status != "RUNNING":
+            self._retry("reopen run", lambda: self._client.update_run(run_id, "RUNNING"))
+
+    @property
+    def ui(self) -> str:
+        """The MLflow UI's address: the server itself, or `mlflow ui` for a local store."""
+        if self.uri.startswith(("http://", "https://")):
+            return strip_credentials(self.uri).rstrip("/")  # a link, printed and recorded
+        return LOCAL_UI
+
+    @property
+    def ui_hint(self) -> str:
+        """How to open :attr:`ui` (a local store has no server until `mlflow ui` starts)."""
+        if self.uri.startswith(("http://", "https://")):
+            return ""
+        return f"start it with: mlflow ui --backend-store-uri {mask_credentials(self.uri)}"
+
+    def runs_url(self) -> str | None:
+        """The experiment's runs, in the model-training view (not the GenAI one)."""
+        return f"{self.ui}/#/experiments/{self.experiment_id}/runs{TRAINING_VIEW}"
+
+    def run_url(self, run_id: str) -> str | None:
+        return f"{self.ui}/#/experiments/{self.experiment_id}/runs/{run_id}{TRAINING_VIEW}"
+
+    def model_url(self, name: str, version: int | str | None = None) -> str | None:
+        from urllib.parse import quote
+
+        page = f"{self.ui}/#/models/{quote(name, safe='')}"
+        page += f"/versions/{version}" if version is not None else ""
+        return page + TRAINING_VIEW
 
     def _find(self, filter_string: str) -> Any | None:
         runs = self._retry(
@@ -279,8 +359,8 @@ class Tracker:
         )
         return runs[0] if runs else None
 
-    def _run(self, run_id: str) -> Run:
-        return Run(self._client, run_id, self._retry)
+    def _run(self, run_id: str, parent_id: str | None = None) -> Run:
+        return Run(self._client, run_id, parent_id, self._retry)
 
     def pipeline_run(
         self,
@@ -292,19 +372,14 @@ class Tracker:
     ) -> Run:
         """The parent run of one pipeline run: ``run_id`` if given, else found by ``key``."""
         if run_id:
-            found = self._retry("get run", lambda: self._client.get_run(run_id))
-            return self._run(found.info.run_id)
+            self._reopen(run_id)
+            return self._run(run_id)
         found = self._find(f"tags.`{PIPELINE_KEY_TAG}` = {_literal(key)}")
         if found is not None:
             run = self._run(found.info.run_id)
+            self._reopen(run.run_id)
         else:
-            created = self._retry(
-                "create run",
-                lambda: self._client.create_run(
-                    self.experiment_id, run_name=name, tags={PIPELINE_KEY_TAG: key}
-                ),
-            )
-            run = self._run(created.info.run_id)
+            run = self._run(self._create_run(name, {PIPELINE_KEY_TAG: key}))
         if params:
             run.log_params(params)
         if tags:
@@ -324,7 +399,7 @@ class Tracker:
         key = _run_key(parent.run_id, tags)
         found = self._find_key(parent, key) if reuse else None
         if found is not None:
-            run = self._run(found.info.run_id)
+            run = self._run(found.info.run_id, parent.run_id)
             self._retry("reopen run", lambda: self._client.update_run(run.run_id, "RUNNING"))
         else:
             all_tags = {
@@ -332,11 +407,7 @@ class Tracker:
                 RUN_KEY_TAG: key,
                 **{k: str(v) for k, v in tags.items()},
             }
-            created = self._retry(
-                "create run",
-                lambda: self._client.create_run(self.experiment_id, run_name=name, tags=all_tags),
-            )
-            run = self._run(created.info.run_id)
+            run = self._run(self._create_run(name, all_tags), parent.run_id)
         if params:
             run.log_params(params)
         return run
@@ -352,14 +423,14 @@ class Tracker:
 
     def find_child(self, parent: Run, tags: Mapping[str, Any]) -> Run | None:
         found = self._find_key(parent, _run_key(parent.run_id, tags))
-        return self._run(found.info.run_id) if found else None
+        return self._run(found.info.run_id, parent.run_id) if found else None
 
 
 class NullTracker(Tracker):
     """The no-op twin: same interface, no MLflow import, nothing recorded."""
 
     def __init__(self) -> None:  # noqa: D107
-        self.uri, self.experiment, self.experiment_id = "", "", "0"
+        self.uri, self.experiment, self.experiment_id, self.tags = "", "", "0", {}
         self.deadline_s = DEFAULT_DEADLINE_S
         self._retry = Retry("no tracking server")
 
@@ -390,18 +461,35 @@ class NullTracker(Tracker):
     def run(self, run_id: str) -> Run:
         return NullRun(run_id)
 
+    @property
+    def ui_hint(self) -> str:
+        return ""
+
+    def runs_url(self) -> str | None:
+        return None
+
+    def run_url(self, run_id: str) -> str | None:
+        return None
+
+    def model_url(self, name: str, version: int | str | None = None) -> str | None:
+        return None
+
     def find_child(self, parent: Run, tags: Mapping[str, Any]) -> Run | None:
         return None
 
 
 def make_tracker(
-    enabled: bool, uri: str, experiment: str, deadline_s: float = DEFAULT_DEADLINE_S
+    enabled: bool,
+    uri: str,
+    experiment: str,
+    tags: Mapping[str, str] | None = None,
+    deadline_s: float = DEFAULT_DEADLINE_S,
 ) -> Tracker:
     """An MLflow tracker, or the no-op twin when tracking is disabled."""
     if not enabled:
         return NullTracker()
     logging.getLogger("mlflow").setLevel(logging.WARNING)
-    return Tracker(uri, experiment, deadline_s)
+    return Tracker(uri, experiment, tags, deadline_s)
 
 
 def png_bytes(image: Any) -> bytes:

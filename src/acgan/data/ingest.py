@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 from PIL import Image
-from tqdm.auto import tqdm
 
 from acgan import __version__
 from acgan.checkpoint import atomic_dir, atomic_write_json, one_line
@@ -24,6 +23,7 @@ from acgan.data.shards import ShardInfo, ShardWriter, encode_png
 from acgan.data.sources import Item, iter_source
 from acgan.errors import DataError
 from acgan.lineage import git_commit
+from acgan.progress import progress_bar
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
@@ -129,7 +129,9 @@ def ingest(cfg: DataConfig, out_dir: Path, progress: bool = True) -> Manifest:
     skipped: list[str] = []
     mode = "L" if cfg.channels == 1 else "RGB"
     with atomic_dir(out_dir) as tmp:
-        bar = tqdm(total=src.total, desc=f"ingest {cfg.source}", unit="img", disable=not progress)
+        bar = progress_bar(
+            total=src.total, desc=f"ingest {cfg.source}", unit="img", disable=not progress
+        )
         with bar, ShardWriter(tmp, cfg.shard_rows, class_names=names) as writer:
             for item, label in src:
                 bar.update(1)

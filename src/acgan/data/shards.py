@@ -25,10 +25,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 from PIL import Image, ImageOps
-from tqdm.auto import tqdm
 
 from acgan.checkpoint import one_line
 from acgan.errors import DataError
+from acgan.progress import progress_bar
 
 SCHEMA = pa.schema([("png", pa.binary()), ("label", pa.int32()), ("class_name", pa.string())])
 SHARD_GLOB = "shard-*.parquet"
@@ -314,7 +314,7 @@ def read_images(
     total = sum(t.num_rows for t in tables)
     chunks: list[np.ndarray] = []
     labels: list[np.ndarray] = []
-    with tqdm(
+    with progress_bar(
         total=total, desc=f"decode {Path(directory).name}", unit="img", disable=not progress
     ) as bar:
         for f, t in zip(files, tables, strict=True):

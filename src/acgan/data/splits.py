@@ -18,7 +18,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from acgan.checkpoint import atomic_dir, atomic_write_json
 from acgan.config import Config, SplitConfig
@@ -27,6 +26,7 @@ from acgan.data.shards import RowHasher, ShardWriter, decode_pngs, read_shard
 from acgan.errors import ConfigError, DataError
 from acgan.lineage import write_stage_config
 from acgan.metrics import msssim
+from acgan.progress import progress_bar
 
 SPLITS_JSON = "splits.json"
 FORMAT_VERSION = 1
@@ -205,7 +205,7 @@ def make_splits(ingested_dir: Path, out_dir: Path, cfg: Config, progress: bool =
                 for s in specs
             }
             bar = stack.enter_context(
-                tqdm(total=len(labels), desc="split", unit="img", disable=not progress)
+                progress_bar(total=len(labels), desc="split", unit="img", disable=not progress)
             )
             row = 0
             for f in files:

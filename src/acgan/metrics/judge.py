@@ -25,11 +25,11 @@ from typing import Any, NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from acgan import checkpoint
 from acgan.errors import CheckpointError
 from acgan.metrics.msssim import class_generator
+from acgan.progress import progress_bar
 
 JUDGE_FILE = "judge.pt"
 JUDGE_JSON = "judge.json"
@@ -226,7 +226,9 @@ class Judge(nn.Module):
         was = self.training
         self.eval()
         parts: list[tuple[Tensor, ...]] = []
-        bar = tqdm(total=len(images), desc=desc, unit="img", disable=not progress, leave=False)
+        bar = progress_bar(
+            total=len(images), desc=desc, unit="img", disable=not progress, leave=False
+        )
         with bar:
             for i in range(0, len(images), batch_size):
                 x = _to_float(images[i : i + batch_size].to(self.device))
@@ -356,7 +358,7 @@ def fit_judge(
         judge.net.train()
         perm = torch.randperm(n, generator=gen)
         total, correct, seen = 0.0, 0, 0
-        bar = tqdm(
+        bar = progress_bar(
             range(0, n, TRAIN_BATCH),
             desc=f"judge epoch {epoch}/{epochs}",
             unit="batch",

@@ -16,14 +16,36 @@ scales ~ N(1, 0.02) as in DCGAN.
 
 from __future__ import annotations
 
-import math
+import dataclasses
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.utils.parametrizations import spectral_norm
 
+from acgan.config import ModelConfig
 from acgan.errors import ConfigError
+from acgan.models.layers import (
+    Dropout,
+    GaussianNoise,
+    MinibatchStd,
+    PixelNorm,
+    dropout_mask,
+    equalize_lr,
+)
+
+__all__ = [
+    "DArch",
+    "Discriminator",
+    "Dropout",
+    "GArch",
+    "Generator",
+    "dropout_mask",
+    "to_float",
+    "to_uint8",
+]
 
 
 @dataclass(frozen=True)
@@ -47,6 +69,95 @@ D_WIDTHS = (16, 32, 64, 128, 256, 512)
 D_STRIDES = (2, 1, 2, 1, 2, 1)
 LEAK = 0.2
 D_DROPOUT = 0.5
+UPSAMPLES = ("transposed5", "transposed4", "nearest")
+G_NORMS = ("batch", "pixel", "none")
+D_NORMS = ("batch", "none")
+
+
+@dataclass(frozen=True)
+class GArch:
+    """G's recipe options (``model.g_*``); the defaults are the paper's network.
+
+    ``widths``: the Linear layer's maps then each upsampling block's (the paper at 32 px:
+    384, 192, 96), None for the paper's. ``upsample``: the paper's 5x5 stride-2 transposed
+    convolution (its kernel overlaps unevenly, which draws checkerboards), a 4x4 one (even
+    overlap) or nearest-neighbour doubling + 3x3 convolution. ``norm``: BatchNorm (paper),
+    ProGAN's pixelwise normalisation, or none. ``equalized_lr``: ProGAN's run-time He scaling.
+    """
+
+    widths: tuple[int, ...] | None = None
+    upsample: str = "transposed5"
+    norm: str = "batch"
+    equalized_lr: bool = False
+
+    @classmethod
+    def from_config(cls, m: ModelConfig) -> GArch:
+        widths = tuple(m.g_widths) if m.g_widths is not None else None
+        return cls(widths, m.g_upsample, m.g_norm, m.equalized_lr)
+
+    @classmethod
+    def from_record(cls, d: dict[str, Any] | None) -> GArch:
+        """From :meth:`to_record`'s dict; None (a generator file from before the recipe
+        options) is the paper's network."""
+        d = dict(d or {})
+        if d.get("widths") is not None:
+            d["widths"] = tuple(int(w) for w in d["widths"])
+        return cls(**d)
+
+    def to_record(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def spec(self, resolution: int) -> GSpec:
+        paper = G_SPECS[resolution]
+        if self.widths is None:
+            return paper
+        if len(self.widths) != 1 + len(paper.widths):
+            raise ConfigError(
+                f"model.g_widths: {list(self.widths)} has {len(self.widths)} entries; "
+                f"{resolution} px needs {1 + len(paper.widths)} (the Linear layer's maps, "
+                f"then one per upsampling block), e.g. {[paper.base, *paper.widths]}"
+            )
+        return GSpec(self.widths[0], paper.start, tuple(self.widths[1:]))
+
+
+@dataclass(frozen=True)
+class DArch:
+    """D's recipe options (``model.d_*``); the defaults are the paper's network.
+
+    ``widths``: the six convolutions' maps (None: 16 ... 512). ``norm``: BatchNorm on all but
+    the first layer (paper) or none (the usual pairing with spectral normalisation).
+    ``spectral_norm``: every conv and linear layer's weight divided by its largest singular
+    value (Miyato et al. 2018). ``dropout``: after each layer (paper 0.5). ``mbstd``: a
+    minibatch standard-deviation map before the heads. ``noise_std``: Gaussian noise added to
+    each layer's activations while training (the paper's grid: 0, 0.1, 0.2).
+    """
+
+    widths: tuple[int, ...] | None = None
+    norm: str = "batch"
+    spectral_norm: bool = False
+    dropout: float = D_DROPOUT
+    mbstd: bool = False
+    noise_std: float = 0.0
+    equalized_lr: bool = False
+
+    @classmethod
+    def from_config(cls, m: ModelConfig) -> DArch:
+        widths = tuple(m.d_widths) if m.d_widths is not None else None
+        return cls(
+            widths, m.d_norm, m.d_spectral_norm, m.d_dropout, m.d_mbstd, m.d_noise_std,
+            m.equalized_lr,
+        )  # fmt: skip
+
+    @property
+    def conv_widths(self) -> tuple[int, ...]:
+        if self.widths is None:
+            return D_WIDTHS
+        if len(self.widths) != len(D_STRIDES):
+            raise ConfigError(
+                f"model.d_widths: {list(self.widths)} has {len(self.widths)} entries; "
+                f"D has {len(D_STRIDES)} convolutions, e.g. {list(D_WIDTHS)}"
+            )
+        return tuple(self.widths)
 
 
 def _check_resolution(resolution: int) -> None:
@@ -69,131 +180,108 @@ def init_weights(module: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
-def dropout_mask(
-    shape: torch.Size | tuple[int, ...],
-    p: float,
-    like: Tensor,
-    generator: torch.Generator | None = None,
-) -> Tensor:
-    """Dropout's multiplier: a Bernoulli(1-p) keep mask divided by 1-p, in ``like``'s dtype and
-    device. PyTorch's CPU ``bernoulli_`` spends ~6 ns per element (its masks were ~20% of a
-    training step here); this draws fewer random numbers for the same distribution:
-
-    - p = 0.5 (the paper's): each bit of a uniform random byte is a fair coin, so one byte
-      gives 8 elements' masks (~4x faster than ``torch.rand``);
-    - any other p: ``U >= p`` for U ~ Uniform[0, 1), which has probability 1-p.
-    """
-    if p == 0.5:
-        n = math.prod(shape)
-        shifts = torch.arange(8, dtype=torch.uint8, device=like.device)
-        byte = torch.randint(
-            0, 256, ((n + 7) // 8, 1), dtype=torch.uint8, device=like.device, generator=generator
-        )
-        keep = ((byte >> shifts) & 1).view(-1)[:n].view(shape)
-    else:
-        keep = torch.rand(shape, device=like.device, generator=generator) >= p
-    return keep.to(like.dtype).div_(1 - p)
-
-
-class Dropout(nn.Dropout):
-    """``nn.Dropout`` (same p, same train/eval behaviour, same distribution) with the CPU mask
-    from :func:`dropout_mask`; elsewhere the fused kernel of ``F.dropout``."""
-
-    def forward(self, x: Tensor) -> Tensor:
-        if not self.training or self.p == 0 or x.device.type != "cpu":
-            return super().forward(x)
-        return x * dropout_mask(x.shape, self.p, x)
-
-
-def _up(cin: int, cout: int) -> nn.ConvTranspose2d:
-    # kernel 5, stride 2: padding 2 + output_padding 1 gives exactly twice the input size.
-    return nn.ConvTranspose2d(cin, cout, 5, stride=2, padding=2, output_padding=1, bias=False)
+def _up(cin: int, cout: int, mode: str, bias: bool) -> list[nn.Module]:
+    """One doubling of the image side."""
+    if mode == "transposed5":  # padding 2 + output_padding 1: exactly twice the input size
+        return [nn.ConvTranspose2d(cin, cout, 5, stride=2, padding=2, output_padding=1, bias=bias)]
+    if mode == "transposed4":
+        return [nn.ConvTranspose2d(cin, cout, 4, stride=2, padding=1, bias=bias)]
+    return [
+        nn.Upsample(scale_factor=2, mode="nearest"),
+        nn.Conv2d(cin, cout, 3, padding=1, bias=bias),
+    ]
 
 
 class Generator(nn.Module):
     def __init__(
-        self, num_classes: int, latent_dim: int = 100, resolution: int = 32, channels: int = 3
+        self,
+        num_classes: int,
+        latent_dim: int = 100,
+        resolution: int = 32,
+        channels: int = 3,
+        arch: GArch | None = None,
     ) -> None:
         super().__init__()
         _check_resolution(resolution)
-        spec = G_SPECS[resolution]
+        arch = arch or GArch()
+        spec = arch.spec(resolution)
         self.num_classes, self.latent_dim = num_classes, latent_dim
-        self.resolution, self.channels, self.spec = resolution, channels, spec
+        self.resolution, self.channels, self.spec, self.arch = resolution, channels, spec, arch
         self.fc = nn.Linear(num_classes + latent_dim, spec.base * spec.start * spec.start)
+        self.fc_norm = PixelNorm() if arch.norm == "pixel" else nn.Identity()
         layers: list[nn.Module] = []
         cin = spec.base
         for w in spec.widths:
-            layers += [_up(cin, w), nn.BatchNorm2d(w), nn.ReLU(inplace=True)]
+            # A BatchNorm right after the convolution makes its bias redundant.
+            layers += _up(cin, w, arch.upsample, bias=arch.norm != "batch")
+            if arch.norm == "batch":
+                layers.append(nn.BatchNorm2d(w))
+            layers.append(nn.ReLU(inplace=True))
+            if arch.norm == "pixel":
+                layers.append(PixelNorm())
             cin = w
-        last = nn.ConvTranspose2d(cin, channels, 5, stride=2, padding=2, output_padding=1)
-        layers += [last, nn.Tanh()]
+        layers += [*_up(cin, channels, arch.upsample, bias=True), nn.Tanh()]
         self.net = nn.Sequential(*layers)
         init_weights(self)
+        if arch.equalized_lr:
+            equalize_lr(self)
 
     def forward(self, z: Tensor, labels: Tensor) -> Tensor:
         """``z``: (B, latent_dim) noise; ``labels``: (B,) class indices within the split."""
         onehot = F.one_hot(labels, self.num_classes).to(z.dtype)
-        h = F.relu(self.fc(torch.cat([onehot, z], dim=1)))
+        h = self.fc_norm(F.relu(self.fc(torch.cat([onehot, z], dim=1))))
         h = h.view(-1, self.spec.base, self.spec.start, self.spec.start)
         return self.net(h)
 
 
 class Discriminator(nn.Module):
     def __init__(
-        self, num_classes: int, resolution: int = 32, channels: int = 3, dropout: float = D_DROPOUT
+        self,
+        num_classes: int,
+        resolution: int = 32,
+        channels: int = 3,
+        dropout: float | None = None,
+        arch: DArch | None = None,
     ) -> None:
         super().__init__()
         _check_resolution(resolution)
+        arch = arch or DArch()
+        if dropout is not None:
+            arch = dataclasses.replace(arch, dropout=dropout)
         self.num_classes, self.resolution, self.channels = num_classes, resolution, channels
+        self.arch = arch
+        widths = arch.conv_widths
         layers: list[nn.Module] = []
         cin = channels
-        for i, (w, s) in enumerate(zip(D_WIDTHS, D_STRIDES, strict=True)):
-            layers.append(nn.Conv2d(cin, w, 3, stride=s, padding=1, bias=(i == 0)))
-            if i > 0:
+        for i, (w, s) in enumerate(zip(widths, D_STRIDES, strict=True)):
+            norm = i > 0 and arch.norm == "batch"
+            layers.append(nn.Conv2d(cin, w, 3, stride=s, padding=1, bias=not norm))
+            if norm:
                 layers.append(nn.BatchNorm2d(w))
-            layers += [nn.LeakyReLU(LEAK, inplace=True), Dropout(dropout)]
+            layers.append(nn.LeakyReLU(LEAK, inplace=True))
+            if arch.noise_std > 0:
+                layers.append(GaussianNoise(arch.noise_std))
+            layers.append(Dropout(arch.dropout))
             cin = w
+        if arch.mbstd:
+            layers.append(MinibatchStd())
+            cin += 1
         self.features = nn.Sequential(*layers)
         side = resolution // 8  # three stride-2 layers
-        self.source = nn.Linear(D_WIDTHS[-1] * side * side, 1)
-        self.classes = nn.Linear(D_WIDTHS[-1] * side * side, num_classes)
+        self.source = nn.Linear(cin * side * side, 1)
+        self.classes = nn.Linear(cin * side * side, num_classes)
         init_weights(self)
+        if arch.equalized_lr:
+            equalize_lr(self)
+        if arch.spectral_norm:
+            for m in self.modules():
+                if isinstance(m, nn.Conv2d | nn.Linear):
+                    spectral_norm(m)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Returns ``(source_logit (B,), class_logits (B, num_classes))``."""
         h = self.features(x).flatten(1)
         return self.source(h).squeeze(1), self.classes(h)
-
-
-def d_loss(
-    src_real: Tensor,
-    cls_real: Tensor,
-    y_real: Tensor,
-    src_fake: Tensor,
-    cls_fake: Tensor,
-    y_fake: Tensor,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """D maximises L_S + L_C: returns ``(loss, L_S-part, L_C-part)`` as minimisation targets.
-
-    L_S = log P(S=real | real) + log P(S=fake | fake); L_C = log P(C=c | real) + log P(C=c | fake).
-    """
-    ones, zeros = torch.ones_like(src_real), torch.zeros_like(src_fake)
-    ls = F.binary_cross_entropy_with_logits(src_real, ones) + F.binary_cross_entropy_with_logits(
-        src_fake, zeros
-    )
-    lc = F.cross_entropy(cls_real, y_real) + F.cross_entropy(cls_fake, y_fake)
-    return ls + lc, ls, lc
-
-
-def g_loss(src_fake: Tensor, cls_fake: Tensor, y_fake: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """G maximises L_C - L_S: returns ``(loss, source-part, class-part)`` to minimise.
-
-    Maximising -L_S on fakes uses the non-saturating form (fakes labelled real), as the paper's
-    reference implementation and every DCGAN-style trainer do.
-    """
-    ls = F.binary_cross_entropy_with_logits(src_fake, torch.ones_like(src_fake))
-    lc = F.cross_entropy(cls_fake, y_fake)
-    return ls + lc, ls, lc
 
 
 def to_uint8(images: Tensor) -> Tensor:

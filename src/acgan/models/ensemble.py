@@ -18,7 +18,7 @@ from torch import Tensor
 
 from acgan import checkpoint
 from acgan.errors import AcganError, CheckpointError
-from acgan.models.acgan import Generator
+from acgan.models.acgan import GArch, Generator
 from acgan.models.sampling import generate, latents
 
 GENERATOR_FILE = "generator.pt"
@@ -95,6 +95,7 @@ def load_member(
             int(rec["latent_dim"]),
             int(rec["resolution"]),
             int(rec["channels"]),
+            GArch.from_record(rec.get("arch")),
         )
         G.load_state_dict(rec["state_dict"])
         classes, names = [int(c) for c in rec["classes"]], [str(n) for n in rec["class_names"]]

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 from torch import Tensor
@@ -40,10 +43,47 @@ def grid_image(images: Tensor, nrow: int, padding: int = 2) -> np.ndarray:
     return grid.permute(1, 2, 0).contiguous().numpy()
 
 
-def class_grid(G: Generator, per_class: int = 8, seed: int = 0) -> np.ndarray:
-    """One row per class of the split, ``per_class`` samples each, same z in every row."""
+# The smallest cell of a picture meant for people: 32 px samples are upscaled (nearest) 2x.
+MIN_CELL = 64
+
+
+def labelled_grid(
+    images: Tensor,
+    nrow: int,
+    row_labels: Sequence[str] | None = None,
+    min_cell: int = MIN_CELL,
+    padding: int = 2,
+) -> np.ndarray:
+    """:func:`grid_image` for people: each image upscaled (nearest, whole factors, so pixels
+    stay sharp) to at least ``min_cell`` px, and each row's label written on its left."""
+    scale = max(1, math.ceil(min_cell / max(1, images.shape[-1])))
+    if scale > 1:
+        images = images.repeat_interleave(scale, -2).repeat_interleave(scale, -1)
+    grid = grid_image(images, nrow=nrow, padding=padding)
+    if not row_labels:
+        return grid
+    from PIL import Image, ImageDraw, ImageFont
+
+    font = ImageFont.load_default(size=14)
+    margin = 8
+    width = int(max(font.getlength(str(t)) for t in row_labels)) + 2 * margin
+    canvas = Image.new("RGB", (grid.shape[1] + width, grid.shape[0]), "white")
+    canvas.paste(Image.fromarray(grid), (width, 0))
+    draw = ImageDraw.Draw(canvas)
+    step = images.shape[-2] + padding  # make_grid: padding, then a cell and padding per row
+    for i, text in enumerate(row_labels):
+        y = padding + i * step + images.shape[-2] / 2
+        draw.text((width - margin, y), str(text), fill="black", font=font, anchor="rm")
+    return np.asarray(canvas)
+
+
+def class_grid(
+    G: Generator, per_class: int = 8, seed: int = 0, names: Sequence[str] | None = None
+) -> np.ndarray:
+    """One row per class of the split (labelled with ``names``), ``per_class`` samples each,
+    the same z in every row."""
     device = next(G.parameters()).device
     k = G.num_classes
     z = latents(per_class, G.latent_dim, seed, device).repeat(k, 1)
     labels = torch.arange(k, device=device).repeat_interleave(per_class)
-    return grid_image(generate(G, labels, z), nrow=per_class)
+    return labelled_grid(generate(G, labels, z), nrow=per_class, row_labels=names)

@@ -11,8 +11,8 @@
 
 from __future__ import annotations
 
-from acgan.monitor.detector import sample_msssim, threshold_for
+from acgan.monitor.detector import sample_msssim, thresholds_for
 from acgan.monitor.hook import CollapseMonitor
 from acgan.monitor.stage import MonitorResult, run_monitor
 
-__all__ = ["CollapseMonitor", "MonitorResult", "run_monitor", "sample_msssim", "threshold_for"]
+__all__ = ["CollapseMonitor", "MonitorResult", "run_monitor", "sample_msssim", "thresholds_for"]

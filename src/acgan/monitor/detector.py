@@ -7,18 +7,21 @@ codes make consecutive checks differ only by the weights, not by the draw. The p
 :func:`acgan.metrics.msssim.msssim_pairs` (3 scales, kernel 7 at 32 px), the one the split
 stage used for the real-image reference, so the two numbers are comparable.
 
-**Rule.** The threshold is ``monitor.threshold`` or, by default, the largest real-class
-reference of the dataset plus ``monitor.margin``. A class *collapses* when its figure is above
-the threshold for ``monitor.patience`` consecutive checks **after it has once been at or below
-it**. An untrained generator scores about 0.98 (it maps every code to nearly the same blob), so
-without that arming condition every run would "collapse" at its second check; mode collapse is
-a class that *was* diverse losing its diversity, which is what the paper's monitor watches. A
-class that has never reached the threshold is reported as ``not_diverse`` (under-trained, or
-collapsed from the start); the evaluation's diversity figure judges it.
+**Rule.** Each class is judged against *its own* real reference: its threshold is
+``monitor.threshold`` when set, else the class's real-image MS-SSIM (``splits.json``) plus
+``monitor.margin``. A class *collapses* when, after it has once been at or below its
+threshold (it was diverse), its figure is above the threshold **and** at least
+``monitor.rise`` above the lowest figure it ever had, for ``monitor.patience`` consecutive
+checks. The trend condition keeps a class that hovers around its threshold from being called
+collapsed (a 0.625 reading against 0.607 after a 0.60 is noise, not a collapse); an untrained
+generator scores about 0.98 and has never been diverse, so it is ``not_converged``, not
+collapsed.
 
-Class states: ``healthy`` (at or below the threshold), ``not_diverse`` (above, never armed),
-``collapsing`` (above, armed, fewer than ``patience`` checks in a row), ``collapsed``.
-The rule's state is a plain dict (ints, bools, strings), so it travels in checkpoints.
+Class states: ``healthy`` (at or below its threshold), ``not_converged`` (above it, without
+the collapse trend: never diverse, or hovering), ``collapsing`` (the trend, fewer than
+``patience`` checks in a row), ``collapsed``. A split's status is its worst class's
+(:func:`split_status`). The rule's state is a plain dict (numbers, bools, strings), so it
+travels in checkpoints.
 """
 
 from __future__ import annotations
@@ -34,8 +37,10 @@ from acgan.config import MonitorConfig
 from acgan.metrics.msssim import msssim_pairs
 from acgan.models.acgan import Generator
 from acgan.models.sampling import latents
+from acgan.monitor.status import COLLAPSED, COLLAPSING, HEALTHY, NOT_CONVERGED  # vocabulary
 
-HEALTHY, NOT_DIVERSE, COLLAPSING, COLLAPSED = "healthy", "not_diverse", "collapsing", "collapsed"
+# Worst first: a split's status is the worst of its classes'.
+SEVERITY = (COLLAPSED, COLLAPSING, NOT_CONVERGED, HEALTHY)
 _Z_SEED = 20_170_901  # fixed latent codes of the monitor (offset by the split id)
 
 
@@ -45,9 +50,24 @@ def monitor_seed(split_id: int) -> int:
     return _Z_SEED + int(split_id)
 
 
-def threshold_for(cfg: MonitorConfig, reference_max: float) -> float:
-    """``monitor.threshold`` when set, else the dataset's largest real-class MS-SSIM + margin."""
-    return float(cfg.threshold) if cfg.threshold is not None else reference_max + cfg.margin
+def class_threshold(cfg: MonitorConfig, reference: float) -> float:
+    """``monitor.threshold`` when set, else the class's own real MS-SSIM + margin."""
+    return float(cfg.threshold) if cfg.threshold is not None else float(reference) + cfg.margin
+
+
+def thresholds_for(
+    cfg: MonitorConfig,
+    classes: Sequence[int],
+    names: Sequence[str],
+    references: Mapping[int, float],
+) -> dict[str, float]:
+    """Each class's threshold by name (``references``: real MS-SSIM by dataset class)."""
+    return {n: class_threshold(cfg, references[c]) for c, n in zip(classes, names, strict=True)}
+
+
+def split_status(statuses: Sequence[str]) -> str:
+    """A split is as healthy as its worst class."""
+    return next((s for s in SEVERITY if s in statuses), HEALTHY)
 
 
 def metric_key(name: str, index: int) -> str:
@@ -89,7 +109,7 @@ def sample_msssim(G: Generator, pairs: int, seed: int) -> list[float]:
 
 
 def new_class_state() -> dict[str, Any]:
-    return {"armed": False, "streak": 0, "status": NOT_DIVERSE}
+    return {"armed": False, "best": None, "streak": 0, "status": NOT_CONVERGED}
 
 
 @dataclass(frozen=True)
@@ -98,6 +118,7 @@ class Check:
 
     name: str
     value: float
+    threshold: float
     status: str
     streak: int
     newly_collapsed: bool
@@ -106,34 +127,41 @@ class Check:
 def apply_rule(
     states: dict[str, dict[str, Any]],
     values: Mapping[str, float],
-    threshold: float,
+    thresholds: Mapping[str, float],
     patience: int,
+    rise: float,
 ) -> list[Check]:
     """Advance each class's state (updated in place) by one check; see the module docstring."""
     out = []
     for name, value in values.items():
         st = states.setdefault(name, new_class_state())
+        t = float(thresholds[name])
+        best = value if st.get("best") is None else min(float(st["best"]), value)
+        st["best"] = best
         newly = False
-        if value <= threshold:
+        if value <= t:
             st.update(armed=True, streak=0, status=HEALTHY)
-        elif not st["armed"]:
-            st.update(streak=0, status=NOT_DIVERSE)
-        else:
+        elif st["armed"] and value - best >= rise:
             st["streak"] = int(st["streak"]) + 1
             collapsed = st["streak"] >= patience
             newly = collapsed and st["status"] != COLLAPSED
             st["status"] = COLLAPSED if collapsed else COLLAPSING
-        out.append(Check(name, float(value), st["status"], int(st["streak"]), newly))
+        else:
+            st.update(streak=0, status=NOT_CONVERGED)
+        out.append(Check(name, float(value), t, st["status"], int(st["streak"]), newly))
     return out
 
 
 def replay(
-    curve: Sequence[Mapping[str, float]], threshold: float, patience: int
+    curve: Sequence[Mapping[str, float]],
+    thresholds: Mapping[str, float],
+    patience: int,
+    rise: float,
 ) -> dict[str, dict[str, Any]]:
     """The class states after a sequence of checks (each ``{class name: figure}``)."""
     states: dict[str, dict[str, Any]] = {}
     for values in curve:
-        apply_rule(states, values, threshold, patience)
+        apply_rule(states, values, thresholds, patience, rise)
     return states
 
 

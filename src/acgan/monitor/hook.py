@@ -35,7 +35,7 @@ from acgan.monitor.detector import (
     metric_key,
     monitor_seed,
     sample_msssim,
-    threshold_for,
+    thresholds_for,
 )
 
 if TYPE_CHECKING:  # the trainer imports this module; the types are only for the checker
@@ -67,27 +67,28 @@ class CollapseMonitor:
       ``ctx.ckpt_dir``, ``ctx.run`` (MLflow) and ``ctx.events`` (-> ``history.json``).
 
     So one instance can serve several splits trained in one process (the packed trainer):
-    call it with each split's own LoopContext. The threshold is the dataset's (the same for
-    every split), given at construction.
+    call it with each split's own LoopContext. Each class's threshold comes from its own
+    real-image reference (the split plan's, given at construction).
     """
 
-    def __init__(self, threshold: float, every: int) -> None:
-        self.threshold = float(threshold)
+    def __init__(self, references: Mapping[int, float], every: int) -> None:
+        self.references = {int(c): float(v) for c, v in references.items()}
         self.every = int(every)
 
     @classmethod
-    def from_config(cls, cfg: Config, reference_max: float) -> CollapseMonitor:
-        """The hook for ``cfg.monitor`` and the dataset's largest real-class MS-SSIM."""
-        return cls(threshold_for(cfg.monitor, reference_max), cfg.monitor.every)
+    def from_config(cls, cfg: Config, references: Mapping[int, float]) -> CollapseMonitor:
+        """The hook for ``cfg.monitor`` and the real-image MS-SSIM of each dataset class."""
+        return cls(references, cfg.monitor.every)
 
     def __call__(self, ctx: LoopContext) -> str | None:
         m = ctx.cfg.monitor
         state, step = ctx.state, ctx.state.step
         mon = state.extra.setdefault(STATE_KEY, self.initial_state())
         names = list(ctx.data.spec.class_names)
+        thresholds = thresholds_for(m, ctx.data.spec.classes, names, self.references)
         values = sample_msssim(state.sampler, m.pairs, monitor_seed(ctx.meta["split_id"]))
         checks = apply_rule(
-            mon["classes"], dict(zip(names, values, strict=True)), self.threshold, m.patience
+            mon["classes"], dict(zip(names, values, strict=True)), thresholds, m.patience, m.rise
         )
         mon["curve"].append(
             {
@@ -97,13 +98,11 @@ class CollapseMonitor:
                 "status": {c.name: c.status for c in checks},
             }
         )
+        keys = [metric_key(n, c) for n, c in zip(names, ctx.data.spec.classes, strict=True)]
         ctx.run.log_metrics(
             {
-                **{
-                    f"msssim/{metric_key(c.name, cls)}": c.value
-                    for c, cls in zip(checks, ctx.data.spec.classes, strict=True)
-                },
-                "msssim/threshold": self.threshold,
+                **{f"msssim/{k}": c.value for k, c in zip(keys, checks, strict=True)},
+                **{f"msssim_threshold/{k}": c.threshold for k, c in zip(keys, checks, strict=True)},
                 "monitor/collapsed_classes": sum(c.status == COLLAPSED for c in checks),
             },
             step=step,
@@ -130,7 +129,8 @@ class CollapseMonitor:
                 "step": step,
                 "class": c.name,
                 "value": round(c.value, 6),
-                "threshold": round(self.threshold, 6),
+                "threshold": round(c.threshold, 6),
+                "rise": m.rise,
                 "patience": m.patience,
                 "action": action,
                 **extra,
@@ -142,7 +142,7 @@ class CollapseMonitor:
                 c.name,
                 step,
                 c.value,
-                self.threshold,
+                c.threshold,
                 action,
                 f" to step {extra['restored_step']}" if "restored_step" in extra else "",
             )
@@ -162,7 +162,6 @@ class CollapseMonitor:
 
     def initial_state(self) -> dict[str, Any]:
         return {
-            "threshold": self.threshold,
             "classes": {},
             "curve": [],
             "healthy_step": None,
@@ -222,13 +221,17 @@ class CollapseMonitor:
         mon["rollbacks"] += 1
         state = ctx.state
         seed = _derive_seed(state.seed, mon["rollbacks"])
-        lr = state.lr * ctx.cfg.monitor.rollback_lr_factor
-        state.seed, state.lr = seed, lr
+        state.seed = seed
+        state.set_lr_scale(state.lr_scale * ctx.cfg.monitor.rollback_lr_factor)
         state.gen.manual_seed(seed)
-        for opt in (state.opt_g, state.opt_d):
-            for group in opt.param_groups:
-                group["lr"] = lr
-        return {"restored_step": h, "seed": seed, "lr": lr, "rollback": mon["rollbacks"]}
+        lr = state.base_lr[0] * state.lr_scale
+        return {
+            "restored_step": h,
+            "seed": seed,
+            "lr": lr,
+            "lr_scale": state.lr_scale,
+            "rollback": mon["rollbacks"],
+        }
 
     def _stop(self, ctx: LoopContext, mon: dict[str, Any]) -> dict[str, Any]:
         h = self._restore(ctx, mon)

@@ -1,8 +1,9 @@
 """Pictures of the monitor stage: MS-SSIM vs step per split, and a self-contained HTML report.
 
 The plot draws each class's curve (checks abandoned by a rollback or after a stop dotted and
-faded), the threshold as a red dashed line, each class's real-image reference as a thin dotted
-line, the final measurement of the delivered weights as a star, and collapse events as crosses.
+faded), each class's threshold as a dashed line and its real-image reference as a thin dotted
+line in the class's colour, the final measurement of the delivered weights as a star, and
+collapse events as crosses.
 The HTML report embeds the plots as base64 PNGs so it can be opened anywhere (the KFP HTML
 artifact, an MLflow artifact view, a mail attachment).
 """
@@ -17,22 +18,23 @@ from pathlib import Path
 from typing import Any
 
 from acgan.checkpoint import atomic_write_bytes
+from acgan.monitor import status
 
 
-def plot_split(rec: Mapping[str, Any], threshold: float, path: Path) -> Path:
+def plot_split(rec: Mapping[str, Any], path: Path) -> Path:
     """PNG of one split's MS-SSIM curves (a ``monitor.json`` split record plus its curve)."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display in a pod or a CI runner
     # Class names are plain text: a '$' in one must not start matplotlib's math mode.
     with matplotlib.rc_context(NO_MATH):
-        return _plot_split(rec, threshold, path)
+        return _plot_split(rec, path)
 
 
 NO_MATH = {"text.parse_math": False}
 
 
-def _plot_split(rec: Mapping[str, Any], threshold: float, path: Path) -> Path:
+def _plot_split(rec: Mapping[str, Any], path: Path) -> Path:
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
@@ -57,17 +59,20 @@ def _plot_split(rec: Mapping[str, Any], threshold: float, path: Path) -> Path:
         )
         if cls.get("reference") is not None:
             ax.axhline(cls["reference"], color=color, lw=0.6, ls=(0, (1, 3)))
+        ax.axhline(cls["threshold"], color=color, lw=1.0, ls="--", alpha=0.8)
     for e in rec.get("events", []):
         ax.plot([e["step"]], [e["value"]], marker="x", ms=9, mew=2, color="black")
-    ax.axhline(threshold, color="red", ls="--", lw=1.2, label=f"threshold {threshold:.3f}")
+    ax.plot([], [], color="grey", ls="--", label="threshold (per class)")
+    ax.plot([], [], color="grey", ls=(0, (1, 3)), lw=0.6, label="real reference")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("training step")
     ax.set_ylabel("mean pairwise MS-SSIM of samples")
     ax.set_ylim(0.0, 1.02)
-    title = f"split {rec['split_id']}: {rec['status']}"
+    title = f"split {rec['split_id']}: {status.label(rec['status'])}"
     if rec.get("rollbacks"):
         title += f" ({rec['rollbacks']} rollback{'s' if rec['rollbacks'] != 1 else ''})"
-    ax.set_title(title + "   (x: collapse event, *: delivered weights)", fontsize=10)
+    tally = status.tally(c["status"] for c in rec["classes"].values())
+    ax.set_title(f"{title}: {tally}\n(x: collapse event, *: delivered weights)", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
     fig.tight_layout()
@@ -104,9 +109,9 @@ def _esc(value: Any) -> str:
 
 def _split_section(sid: str, rec: Mapping[str, Any]) -> str:
     rows = "".join(
-        f"<tr class='{_esc(c['status'])}'><td>{_esc(name)}</td><td>{c['final_msssim']:.4f}</td>"
+        f"<tr><td>{_esc(name)}</td><td>{c['final_msssim']:.4f}</td>"
         f"<td>{'' if c['reference'] is None else format(c['reference'], '.4f')}</td>"
-        f"<td>{c['threshold']:.4f}</td><td>{_esc(c['status'])}</td></tr>"
+        f"<td>{c['threshold']:.4f}</td><td>{status.badge(c['status'])}</td></tr>"
         for name, c in rec["classes"].items()
     )
     events = "".join(
@@ -124,10 +129,14 @@ def _split_section(sid: str, rec: Mapping[str, Any]) -> str:
         r = rec["retrained"]
         extra += (
             f"<p>Retrained once with a new seed &rarr; <code>{_esc(r['model_dir'])}</code>: "
-            f"{_esc(r['status'])}</p>"
+            f"{status.badge(r['status'])}</p>"
         )
+    # The headline carries the class tally, so it never reads "healthy" above a table of
+    # classes that are not.
+    tally = status.tally(c["status"] for c in rec["classes"].values())
     return (
-        f"<h2>Split {_esc(sid)}: {_esc(rec['status'])}</h2>"
+        f"<h2>Split {_esc(sid)}: {status.badge(rec['status'])} "
+        f"<small>{_esc(tally)}</small></h2>"
         f"<p><code>{_esc(rec['model_dir'])}</code>, step {rec['step']}"
         f"{', stopped early' if rec.get('stopped_early') else ''}, "
         f"{rec.get('rollbacks', 0)} rollback(s)"
@@ -139,7 +148,12 @@ def _split_section(sid: str, rec: Mapping[str, Any]) -> str:
     )
 
 
-def write_html(summary: Mapping[str, Any], plots: Mapping[str, Path], path: Path) -> Path:
+def write_html(
+    summary: Mapping[str, Any],
+    plots: Mapping[str, Path],
+    path: Path,
+    links: Mapping[str, str | None] | None = None,
+) -> Path:
     """The stage's report: settings, per-split tables and events, the plots inline."""
     images = "".join(
         f"<figure><img alt='{_esc(label)}' src='data:image/png;base64,"
@@ -147,7 +161,10 @@ def write_html(summary: Mapping[str, Any], plots: Mapping[str, Path], path: Path
         "</figcaption></figure>"
         for label, p in plots.items()
     )
-    sections = "".join(_split_section(sid, rec) for sid, rec in summary["splits"].items())
+    splits = summary["splits"]
+    sections = "".join(_split_section(sid, rec) for sid, rec in splits.items())
+    codes = [rec["status"] for rec in splits.values()]
+    codes += [c["status"] for rec in splits.values() for c in rec["classes"].values()]
     members = ", ".join(str(m["split_id"]) for m in summary["members"]) or "none"
     retrain = "yes" if summary["retrain_collapsed"] else "no"
     doc = f"""<!doctype html>
@@ -157,17 +174,25 @@ body {{ font-family: sans-serif; margin: 2em; max-width: 70em; }}
 table {{ border-collapse: collapse; margin: 0.5em 0; }}
 td, th {{ border: 1px solid #ccc; padding: 0.2em 0.6em; text-align: right; }}
 td:first-child, th:first-child {{ text-align: left; }}
-tr.collapsed td {{ background: #fdd; }} tr.collapsing td {{ background: #ffe9c7; }}
-tr.not_diverse td {{ background: #eee; }} .bad {{ color: #a00; font-weight: bold; }}
+h2 small {{ font-weight: normal; color: #57606a; font-size: 0.7em; }}
+.bad {{ color: #a00; font-weight: bold; }}
+dl.legend dt {{ float: left; clear: left; width: 9em; }} dl.legend dd {{ margin-left: 9.5em; }}
 figure {{ display: inline-block; margin: 0.5em; }} img {{ max-width: 100%; }}
+{status.BADGE_CSS}
 </style></head><body>
 <h1>Collapse monitor</h1>
+{status.links_html(links or {}, {"run": "the monitor's run"})}
 <p>Mean pairwise MS-SSIM of samples from fixed latent codes ({_esc(summary["measure_protocol"])},
-{summary["pairs"]} pairs per class), against the threshold {summary["threshold"]:.4f}
-({_esc(summary["threshold_rule"])}); a class collapses when it is above the threshold for
-{summary["patience"]} consecutive check(s) after having been at or below it. In-training action:
+{summary["pairs"]} pairs per class), against each class's threshold
+({_esc(summary["threshold_rule"])}). A class is <b>healthy</b> at or below its threshold,
+<b>not_converged</b> above it (it never reached the real data's diversity, or hovers near it),
+and <b>collapsed</b> when, after having been healthy, it stays above the threshold and
+{summary["rise"]:g} above its own best for {summary["patience"]} consecutive check(s). A split
+takes its worst class's status. In-training action:
 <b>{_esc(summary["action"])}</b>; retrain collapsed splits: {retrain}.</p>
 <p>Ensemble members: <b>{_esc(members)}</b>; excluded: {len(summary["excluded"])}.</p>
+<h2>Statuses</h2>
+{status.legend_html(codes)}
 {sections}
 <h2>Plots</h2>
 {images}

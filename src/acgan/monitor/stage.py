@@ -6,9 +6,17 @@ latent codes. The collapse rule (:mod:`acgan.monitor.detector`) is replayed over
 the history of the delivered weights (checks abandoned by a rollback, or after a stop, are left
 out) followed by that final measurement, so the verdict is about what the split hands on.
 
-A collapsed split is retrained once with a new seed (``monitor.retrain_collapsed``, attempt 1
-of :func:`acgan.train.train_split_with_monitor`, into ``out_dir/retrained/split_<id>``) or
-excluded from the ensemble with the reason. Outputs, written atomically into ``out_dir``:
+Each class is judged against its own real reference (``healthy``, ``not_converged``,
+``collapsing``, ``collapsed``); a split takes its worst class's status. Splits are ranked by
+one figure, their *excess*: how far the least diverse class sits above its own threshold. A
+collapsed split is set aside only when it is less diverse than every split that stays (so a
+split is never excluded while a less diverse one is kept: a collapsed split that still beats
+a kept one stays, with its status saying what happened). A split set aside is retrained once
+with a new seed (``monitor.retrain_collapsed``, attempt 1 of
+:func:`acgan.train.train_split_with_monitor`, into ``out_dir/retrained/split_<id>``); the
+better of its two outputs is ranked again by the same rule, or the split is excluded with the
+reason. An ensemble that misses classes fails the evaluation gate
+(``eval.require_all_classes``). Outputs, written atomically into ``out_dir``:
 ``monitor.json``, ``plots/split_<id>.png``, ``report.html``, ``ensemble.json`` (the manifest
 evaluation and registration read) and ``config.json``; all of it is logged to the MLflow child
 run ``monitor`` of the pipeline run.
@@ -22,8 +30,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-from tqdm.auto import tqdm
 
 from acgan.checkpoint import atomic_dir, atomic_write_json, one_line
 from acgan.config import Config
@@ -39,14 +45,16 @@ from acgan.monitor.detector import (
     monitor_seed,
     replay,
     sample_msssim,
-    threshold_for,
+    split_status,
+    thresholds_for,
 )
+from acgan.monitor.status import RETRAINED
+from acgan.progress import progress_bar
 from acgan.tracking import STAGE_TAG, NullTracker, Tracker
 
 log = logging.getLogger(__name__)
 
 MONITOR_JSON = "monitor.json"
-RETRAINED = "retrained"  # a split's status once a collapsed split has been retrained healthy
 REPORT_HTML = "report.html"
 
 
@@ -54,7 +62,6 @@ REPORT_HTML = "report.html"
 class MonitorResult:
     out_dir: Path
     manifest: Path  # out_dir/ensemble.json
-    threshold: float
     splits: dict[int, dict[str, Any]]  # per split: status, classes, events (as in monitor.json)
     members: list[dict[str, Any]] = field(default_factory=list)
     excluded: list[dict[str, Any]] = field(default_factory=list)
@@ -77,9 +84,7 @@ def _read_json(path: Path) -> dict[str, Any]:
     return obj
 
 
-def assess_split(
-    cfg: Config, plan: SplitPlan, split_id: int, model_dir: Path, threshold: float
-) -> dict[str, Any]:
+def assess_split(cfg: Config, plan: SplitPlan, split_id: int, model_dir: Path) -> dict[str, Any]:
     """The verdict on one split's training output (a ``monitor.json`` split record)."""
     spec = plan.split(split_id)
     train = _read_json(model_dir / "train.json")
@@ -97,6 +102,7 @@ def assess_split(
             f"{plan.root}/splits.json has {list(spec.classes)}; retrain split {split_id}"
         )
     names = list(spec.class_names)
+    thresholds = thresholds_for(cfg.monitor, spec.classes, names, plan.reference_msssim)
     final = dict(
         zip(
             names,
@@ -109,29 +115,32 @@ def assess_split(
     step = int(train.get("step", member.step))
     # The checks in the history of the delivered weights, then the delivered weights themselves.
     lineage = [e["values"] for e in curve if not e.get("discarded") and int(e["step"]) < step]
-    states = replay([*lineage, final], threshold, cfg.monitor.patience)
+    m = cfg.monitor
+    states = replay([*lineage, final], thresholds, m.patience, m.rise)
     classes = {
         name: {
             "class": c,
             "final_msssim": round(final[name], 6),
             "reference": plan.reference_msssim.get(c),
-            "threshold": round(threshold, 6),
+            "threshold": round(thresholds[name], 6),
+            "best_msssim": round(float(states[name]["best"]), 6),
             "status": states[name]["status"],
             "collapsed": states[name]["status"] == COLLAPSED,
         }
         for c, name in zip(spec.classes, names, strict=True)
     }
     collapsed = [n for n, r in classes.items() if r["collapsed"]]
-    stopped = bool(train.get("stopped_early"))
     return {
         "split_id": split_id,
         "model_dir": str(model_dir),
         "generator_sha256": train.get("generator_sha256"),  # checked by load_member above
         "step": step,
-        "stopped_early": stopped,
+        "stopped_early": bool(train.get("stopped_early")),
         "rollbacks": int(mon.get("rollbacks", 0)),
         "monitored": bool(curve),
-        "status": COLLAPSED if collapsed else ("stopped_early" if stopped else "healthy"),
+        "status": split_status([r["status"] for r in classes.values()]),
+        # the least diverse class's distance above its own threshold (< 0: all diverse)
+        "excess": round(max(final[n] - thresholds[n] for n in names), 6),
         "collapsed_classes": collapsed,
         "classes": classes,
         "events": [e for e in history.get("events", []) if e.get("source") == "monitor"],
@@ -139,11 +148,27 @@ def assess_split(
     }
 
 
-def _reason(rec: Mapping[str, Any], threshold: float, patience: int) -> str:
+def _reason(rec: Mapping[str, Any], cfg: Config) -> str:
+    """Why a split is set aside: its collapsed classes, and that every kept split beats it."""
+    m = cfg.monitor
     worst = ", ".join(
-        f"{n} {rec['classes'][n]['final_msssim']:.3f}" for n in rec["collapsed_classes"]
+        f"{n} {rec['classes'][n]['final_msssim']:.3f} (threshold "
+        f"{rec['classes'][n]['threshold']:.3f}, best {rec['classes'][n]['best_msssim']:.3f})"
+        for n in rec["collapsed_classes"]
     )
-    return f"collapsed: MS-SSIM above {threshold:.3f} for {patience} consecutive checks ({worst})"
+    return (
+        f"collapsed: MS-SSIM above its threshold and {m.rise:g} above its best for "
+        f"{m.patience} consecutive checks ({worst}), and less diverse than every split kept"
+    )
+
+
+def set_aside(records: Mapping[int, Mapping[str, Any]]) -> set[int]:
+    """The collapsed splits that are less diverse (larger excess) than every split that is not
+    collapsed: excluding a collapsed split while keeping a less diverse one would rank the
+    ensemble's members against what their samples show."""
+    others = [r["excess"] for r in records.values() if r["status"] != COLLAPSED]
+    bar = max(others, default=float("-inf"))
+    return {sid for sid, r in records.items() if r["status"] == COLLAPSED and r["excess"] > bar}
 
 
 def run_monitor(
@@ -161,10 +186,10 @@ def run_monitor(
     tracker = tracker or NullTracker()
     splits_dir, models_root, out_dir = Path(splits_dir), Path(models_root), Path(out_dir)
     plan = load_plan(splits_dir)
-    threshold = threshold_for(cfg.monitor, plan.reference_max)
     dirs = find_split_dirs(models_root, cfg.split.ids)
     parent = open_pipeline_run(tracker, cfg, plan.data_hash, parent_run_id)
     run = tracker.child_run(parent, "monitor", tags={STAGE_TAG: "monitor"}, params=cfg.flat())
+    links = {"run": tracker.run_url(run.run_id), "hint": tracker.ui_hint}
     status = "FAILED"
     try:
         with atomic_dir(out_dir) as tmp:
@@ -172,13 +197,13 @@ def run_monitor(
                 cfg,
                 plan,
                 dict(zip(cfg.split.ids, dirs, strict=True)),
-                threshold,
                 tmp,
                 out_dir,
                 tracker=tracker,
                 parent_id=parent.run_id,
                 checkpoint_root=checkpoint_root,
                 progress=progress,
+                links=links,
             )
         result.run_id = run.run_id
         _log(run, result)
@@ -192,7 +217,6 @@ def _assess_all(
     cfg: Config,
     plan: SplitPlan,
     dirs: dict[int, Path],
-    threshold: float,
     tmp: Path,
     out_dir: Path,
     *,
@@ -200,53 +224,66 @@ def _assess_all(
     parent_id: str,
     checkpoint_root: Path,
     progress: bool,
+    links: dict[str, str | None],
 ) -> MonitorResult:
     """Everything but the MLflow run: assess, retrain or exclude, write the files into ``tmp``
     (which becomes ``out_dir``)."""
     m = cfg.monitor
     splits: dict[int, dict[str, Any]] = {}
-    members, excluded = [], []
     plots: dict[str, Path] = {}
-    bar = tqdm(dirs.items(), desc="monitor", unit="split", disable=not progress)
-    for sid, model_dir in bar:
-        rec = assess_split(cfg, plan, sid, model_dir, threshold)
-        plots[f"split {sid}"] = report.plot_split(
-            rec, threshold, tmp / "plots" / f"split_{sid}.png"
-        )
+    for sid, model_dir in progress_bar(
+        dirs.items(), desc="monitor", unit="split", disable=not progress
+    ):
+        rec = assess_split(cfg, plan, sid, model_dir)
+        plots[f"split {sid}"] = report.plot_split(rec, tmp / "plots" / f"split_{sid}.png")
         splits[sid] = rec
-        if rec["status"] != COLLAPSED:
-            members.append(_member(rec, rec))
+    aside = set_aside(splits)
+    chosen: dict[int, dict[str, Any]] = {sid: r for sid, r in splits.items() if sid not in aside}
+    for sid in sorted(aside):
+        log.warning("split %d set aside: %s", sid, _reason(splits[sid], cfg))
+        if not m.retrain_collapsed:
             continue
-        reason = _reason(rec, threshold, m.patience)
-        log.warning("split %d: %s", sid, reason)
-        if m.retrain_collapsed:
-            again = _retrain(
-                cfg, plan, sid, threshold, tmp, out_dir, tracker, parent_id, checkpoint_root,
-                progress,
-            )  # fmt: skip
-            rec["retrained"] = again
-            plots[f"split {sid} (retrained)"] = report.plot_split(
-                again, threshold, tmp / "plots" / f"split_{sid}_retrained.png"
-            )
-            if again["status"] != COLLAPSED:
+        again = _retrain(
+            cfg, plan, sid, tmp, out_dir, tracker, parent_id, checkpoint_root, progress
+        )
+        splits[sid]["retrained"] = again
+        plots[f"split {sid} (retrained)"] = report.plot_split(
+            again, tmp / "plots" / f"split_{sid}_retrained.png"
+        )
+        # the better of the two outputs is ranked again with the others, by the same rule
+        chosen[sid] = again if again["excess"] < splits[sid]["excess"] else splits[sid]
+    still = set_aside(chosen) if aside else set()
+    members, excluded = [], []
+    for sid in sorted(splits):
+        rec = splits[sid]
+        if sid not in aside or (m.retrain_collapsed and sid not in still):
+            out = chosen[sid]
+            if out is not rec:
                 rec["status"] = RETRAINED  # the split's standing in the ensemble
-                members.append(_member(again, rec))
-                continue
-            reason = "retrained once with a new seed, still " + _reason(
-                again, threshold, m.patience
-            )
+            members.append(_member(out, rec))
+            continue
+        reason = _reason(rec, cfg)
+        if "retrained" in rec:
+            reason = f"retrained once with a new seed, still set aside; first run {reason}"
         rec["excluded"] = reason
-        excluded.append({"split_id": sid, "reason": reason, "model_dir": rec["model_dir"]})
+        excluded.append(
+            {
+                "split_id": sid,
+                "status": rec["status"],
+                "reason": reason,
+                "model_dir": rec["model_dir"],
+            }
+        )
 
     summary = {
         "protocol": plan.protocol,
         "measure_protocol": protocol(plan.resolution),
-        "threshold": round(threshold, 6),
         "threshold_rule": (
             "monitor.threshold"
             if m.threshold is not None
-            else f"max real-class MS-SSIM {plan.reference_max:.4f} + margin {m.margin}"
+            else f"each class's own real-image MS-SSIM + margin {m.margin}"
         ),
+        "rise": m.rise,
         "patience": m.patience,
         "pairs": m.pairs,
         "action": m.action,
@@ -257,9 +294,9 @@ def _assess_all(
     }
     atomic_write_json(tmp / MONITOR_JSON, summary)
     manifest = write_manifest(tmp / "ensemble.json", members, excluded)
-    report.write_html(summary, plots, tmp / REPORT_HTML)
+    report.write_html(summary, plots, tmp / REPORT_HTML, links)
     write_stage_config(tmp, cfg, "monitor", plan.data_hash)
-    return MonitorResult(out_dir, out_dir / manifest.name, threshold, splits, members, excluded)
+    return MonitorResult(out_dir, out_dir / manifest.name, splits, members, excluded)
 
 
 def _member(output: Mapping[str, Any], rec: Mapping[str, Any]) -> dict[str, Any]:
@@ -285,7 +322,6 @@ def _retrain(
     cfg: Config,
     plan: SplitPlan,
     sid: int,
-    threshold: float,
     tmp: Path,
     out_dir: Path,
     tracker: Tracker,
@@ -297,7 +333,7 @@ def _retrain(
     from acgan.train import train_split_with_monitor  # the trainer imports this package
 
     where = tmp / "retrained" / f"split_{sid}"
-    log.info("split %d collapsed: retraining once with a new seed -> %s", sid, where)
+    log.info("split %d set aside: retraining once with a new seed -> %s", sid, where)
     train_split_with_monitor(
         cfg,
         sid,
@@ -309,13 +345,13 @@ def _retrain(
         attempt=1,
         progress=progress,
     )
-    rec = assess_split(cfg, plan, sid, where, threshold)
+    rec = assess_split(cfg, plan, sid, where)
     rec["model_dir"] = str(out_dir / "retrained" / f"split_{sid}")
     return rec
 
 
 def _log(run: Any, result: MonitorResult) -> None:
-    metrics: dict[str, float] = {"threshold": result.threshold}
+    metrics: dict[str, float] = {}
     for sid, rec in result.splits.items():
         final = rec.get("retrained") or rec
         for name, c in final["classes"].items():
@@ -337,6 +373,10 @@ def _log(run: Any, result: MonitorResult) -> None:
         {
             "acgan.monitor.members": ",".join(str(m["split_id"]) for m in result.members),
             "acgan.monitor.excluded": ",".join(str(e["split_id"]) for e in result.excluded),
+            # the same codes as monitor.json, the reports and the registry's tag
+            "acgan.split_health": json.dumps(
+                {str(k): r["status"] for k, r in result.splits.items()}
+            ),
         }
     )
 

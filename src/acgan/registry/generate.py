@@ -20,19 +20,23 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from acgan.checkpoint import atomic_dir, atomic_write_bytes, blocked_by_file
-from acgan.errors import AcganError, RegistryError, one_line
+from acgan.errors import AcganError, RegistryError, mask_credentials, one_line
 from acgan.models.ensemble import ENSEMBLE_JSON, GENERATOR_FILE, Ensemble
-from acgan.models.sampling import grid_image, latents
-from acgan.tracking import DEFAULT_DEADLINE_S, Retry, png_bytes
+from acgan.models.sampling import labelled_grid, latents
+from acgan.progress import progress_bar
+from acgan.tracking import DEFAULT_DEADLINE_S, PERMANENT, Retry, png_bytes
 
 GRID_COLUMNS = 8
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+# models:/NAME@ALIAS or models:/NAME/VERSION (models:/m-<id>, a logged model, is neither)
+_REGISTERED = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>[^/]+))$")
+LOCAL_MANIFEST = Path("reports/monitor/ensemble.json")  # what `acgan monitor` writes
 
 
 @dataclass(frozen=True)
@@ -90,6 +94,96 @@ def _load_pyfunc(
             "register one with `acgan register`"
         )
     return inner.ensemble
+
+
+def _local_hint(local: Path) -> str:
+    if local.is_file():
+        return f"or generate from the local ensemble without a registry: --model {local}"
+    return "or pass --model a local ensemble.json (`acgan monitor` writes one)"
+
+
+def _registry_facts(client: Any, name: str) -> tuple[Any | None, str]:
+    """The registered model (None if missing) and a sentence on what the registry holds."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        rm = client.get_registered_model(name)
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+        names = sorted(m.name for m in client.search_registered_models(max_results=50))
+        return None, f"registered models there: {', '.join(names) or 'none'}"
+    aliases = ", ".join(f"@{a} = v{v}" for a, v in sorted(rm.aliases.items())) or "none"
+    versions = []
+    if "'" not in name:  # a quote cannot be put into the filter string
+        found = client.search_model_versions(f"name='{name}'")
+        versions = sorted(int(v.version) for v in found)
+    listed = ", ".join(str(v) for v in versions) or "none"
+    return rm, f"its aliases: {aliases}; its versions: {listed}"
+
+
+def choose_model(
+    model: str | None,
+    name: str,
+    tracking_uri: str | None,
+    local: Path = LOCAL_MANIFEST,
+    deadline_s: float = DEFAULT_DEADLINE_S,
+) -> tuple[str, str | None]:
+    """``(model to load, a note for the user)``. Without ``model``: ``models:/NAME@champion``,
+    or ``@candidate`` when no version has passed the gate yet (saying so). A registry URI that
+    names something missing fails naming what exists; other models are loaded as given. The
+    registry's answers are retried within ``deadline_s`` (:class:`Retry`)."""
+    if model is not None and not _REGISTERED.match(model):
+        return model, None
+    wanted = model or f"models:/{name}@champion"
+    m = _REGISTERED.match(wanted)
+    assert m is not None  # checked above, or built from the name
+    retry = Retry(
+        tracking_uri or "the default tracking URI",
+        deadline_s,
+        hint=f"check tracking.uri / MLFLOW_TRACKING_URI, {_local_hint(local)}",
+        error=RegistryError,
+    )
+    return retry(f"look up {wanted}", lambda: _choose(m, model is None, tracking_uri, local))
+
+
+def _choose(
+    m: re.Match[str], default: bool, tracking_uri: str | None, local: Path
+) -> tuple[str, str | None]:
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    where = mask_credentials(tracking_uri or "the default tracking URI")
+    wanted, name = m.group(0), m["name"]
+    client = MlflowClient(tracking_uri=tracking_uri)
+    rm, facts = _registry_facts(client, name)
+    if rm is None:
+        raise RegistryError(
+            f"{wanted}: no registered model '{name}' at {where} ({facts}); register one "
+            f"with `acgan register`, {_local_hint(local)}"
+        )
+    if m["alias"] is not None and m["alias"] not in rm.aliases:
+        if default and "candidate" in rm.aliases:
+            v = rm.aliases["candidate"]
+            return f"models:/{name}@candidate", (
+                f"no version of {name} has passed the evaluation gate yet (no @champion; "
+                f"see reports/eval/gate.json): using @candidate, version {v}"
+            )
+        raise RegistryError(
+            f"{wanted}: {name} has no alias @{m['alias']} at {where} ({facts}); pass one "
+            f"of them, e.g. --model models:/{name}/VERSION, {_local_hint(local)}"
+        )
+    if m["version"] is not None:
+        try:
+            client.get_model_version(name, m["version"])
+        except MlflowException as exc:
+            if exc.error_code not in PERMANENT:
+                raise  # the server did not answer: retried
+            raise RegistryError(
+                f"{wanted}: {name} has no version {m['version']} at {where} ({facts}); "
+                f"{_local_hint(local)}"
+            ) from exc
+    return wanted, None
 
 
 def load_ensemble(
@@ -192,7 +286,7 @@ def generate_images(
     out_dir.mkdir(parents=True, exist_ok=True)
     firsts: list[torch.Tensor] = []
     counts: dict[str, int] = {}
-    bar = tqdm(total=n * len(wanted), desc="generate", unit="img", disable=not progress)
+    bar = progress_bar(total=n * len(wanted), desc="generate", unit="img", disable=not progress)
     try:
         for c in wanted:
             target = out_dir / dirs[c]
@@ -217,6 +311,7 @@ def generate_images(
     finally:
         bar.close()
     if grid is not None:
-        picture = grid_image(torch.cat(firsts), nrow=len(firsts[0]))
+        names = [ens.class_names[c] for c in wanted]
+        picture = labelled_grid(torch.cat(firsts), len(firsts[0]), names)
         atomic_write_bytes(Path(grid), png_bytes(picture))
     return GenerateResult(out_dir, counts, Path(grid) if grid else None, model)

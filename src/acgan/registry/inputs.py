@@ -16,6 +16,7 @@ from acgan.checkpoint import one_line
 from acgan.data.ingest import load_manifest
 from acgan.errors import AcganError
 from acgan.models.ensemble import ENSEMBLE_JSON, read_manifest
+from acgan.monitor import status
 
 MONITOR_JSON = "monitor.json"
 METRICS_JSON = "metrics.json"
@@ -28,7 +29,7 @@ class Inputs:
     excluded: list[dict[str, Any]]
     data_hash: str
     dataset: str
-    health: dict[int, str]  # split id -> healthy | collapsed | ... | unknown
+    health: dict[int, str]  # split id -> a code of acgan.monitor.status (healthy, ...)
     figures: dict[str, float]  # evaluation figures (or training figures without evaluation)
     figures_source: str
     gate_passed: bool
@@ -45,29 +46,28 @@ def _read_json(path: Path, what: str, fix: str) -> Any:
 
 
 def _status(entry: Any) -> str | None:
-    """One split's health from a monitor entry, whatever shape the monitor chose."""
+    """One split's status code (:mod:`acgan.monitor.status`) from a monitor or manifest
+    entry, whatever shape the monitor chose."""
     if not isinstance(entry, dict):
         return str(entry) if entry is not None else None
     if isinstance(entry.get("status"), str):
         return entry["status"]
     if isinstance(entry.get("healthy"), bool):
-        return "healthy" if entry["healthy"] else "collapsed"
+        return status.HEALTHY if entry["healthy"] else status.COLLAPSED
     collapsed = entry.get("collapsed")
-    if isinstance(collapsed, bool):
-        return "collapsed" if collapsed else "healthy"
-    if isinstance(collapsed, list):
-        return f"collapsed classes {collapsed}" if collapsed else "healthy"
+    if isinstance(collapsed, bool | list):
+        return status.COLLAPSED if collapsed else status.HEALTHY
     return None
 
 
 def split_health(monitor: Any, manifest: dict[str, Any]) -> dict[int, str]:
-    """Per-split health: ``monitor.json`` when it says, else the ensemble manifest's status."""
+    """Per-split status: ``monitor.json`` when it says, else the ensemble manifest's."""
     health: dict[int, str] = {}
     for entry in manifest.get("members", []):
         if (s := _status(entry)) is not None:
             health[int(entry["split_id"])] = s
-    for entry in manifest.get("excluded", []):
-        health[int(entry["split_id"])] = f"excluded: {entry.get('reason', 'no reason given')}"
+    for entry in manifest.get("excluded", []):  # the reason is in acgan.excluded_splits
+        health[int(entry["split_id"])] = _status(entry) or status.EXCLUDED
     splits = monitor.get("splits") if isinstance(monitor, dict) else None
     items: list[tuple[Any, Any]] = []
     if isinstance(splits, dict):

@@ -18,8 +18,9 @@ import numpy as np
 from acgan import __version__
 from acgan.config import RegistryConfig
 from acgan.models.ensemble import Ensemble
-from acgan.models.sampling import grid_image, latents
+from acgan.models.sampling import labelled_grid, latents
 from acgan.registry.pyfunc import (
+    DEFAULT_MAX_IMAGES,
     MEMBERS_ARTIFACT,
     MODEL_CODE,
     artifact_key,
@@ -45,8 +46,9 @@ def sample_grid(ens: Ensemble, per_class: int = GRID_PER_CLASS, seed: int = 0) -
     import torch
 
     z = latents(per_class, ens.latent_dim, seed, ens.device)
-    rows = [ens.generate(c, per_class, z=z) for c in ens.classes[:GRID_CLASSES]]
-    return grid_image(torch.cat(rows), nrow=per_class)
+    shown = ens.classes[:GRID_CLASSES]
+    rows = [ens.generate(c, per_class, z=z) for c in shown]
+    return labelled_grid(torch.cat(rows), per_class, [ens.class_names[c] for c in shown])
 
 
 def requirements() -> list[str]:
@@ -75,8 +77,10 @@ def log_ensemble(
     ens: Ensemble,
     members: list[dict[str, Any]],
     grid: np.ndarray,
+    max_images: int = DEFAULT_MAX_IMAGES,
 ) -> Any:
-    """Upload the sample grid and the pyfunc model (code file + generator files) to the run."""
+    """Upload the sample grid and the pyfunc model (code file + generator files) to the run;
+    ``max_images`` caps the images one predict call (one HTTP request) may ask for."""
     import mlflow
 
     retry(
@@ -97,7 +101,7 @@ def log_ensemble(
                     name=MODEL_ARTIFACT,
                     python_model=str(MODEL_CODE),
                     artifacts=artifacts,
-                    model_config={"device": "auto"},
+                    model_config={"device": "auto", "max_images": max_images},
                     signature=sig,
                     input_example=example,
                     pip_requirements=reqs,
@@ -201,6 +205,34 @@ def refresh_tags(retry: Retrier, client: Any, name: str, mv: Any, tags: dict[str
                 f"untag v{mv.version} {key}",
                 lambda k=key: client.delete_model_version_tag(name, mv.version, k),
             )
+
+
+VERSIONS_TAG = "mlflow.modelVersions"  # where MLflow's UI looks up a logged model's versions
+
+
+def link_logged_model(retry: Retrier, client: Any, mv: Any, name: str, version: int) -> None:
+    """List the version on its logged model, as ``mlflow.register_model`` does after creating
+    one (``create_model_version`` alone leaves the model page saying "Not registered")."""
+    # the sqlite store keeps no model_id on a version; its source is the logged model's URI
+    source = str(getattr(mv, "source", "") or "")
+    model_id = getattr(mv, "model_id", None) or (
+        source.removeprefix("models:/") if source.startswith("models:/m-") else None
+    )
+    if not model_id or "/" in model_id:
+        return  # registered from a run's files, not a logged model: nothing to link
+    model = retry(f"read logged model {model_id}", lambda: client.get_logged_model(model_id))
+    try:
+        listed = json.loads(model.tags.get(VERSIONS_TAG) or "[]")
+    except ValueError:
+        listed = []
+    listed = [e for e in listed if isinstance(e, dict)] if isinstance(listed, list) else []
+    if any((e.get("name"), str(e.get("version"))) == (name, str(version)) for e in listed):
+        return
+    value = json.dumps([*listed, {"name": name, "version": str(version)}])
+    retry(
+        f"link logged model {model_id} to v{version}",
+        lambda: client.set_logged_model_tags(model_id, {VERSIONS_TAG: value}),
+    )
 
 
 def delete_version(retry: Retrier, client: Any, name: str, version: int) -> None:

@@ -9,7 +9,9 @@ files but without that tag, which the next ``acgan register`` of the same ensemb
 Every registry call is retried with exponential backoff (``registry.retries``,
 ``registry.retry_backoff_s``), then fails with one line. Registering the same trained
 ensemble again (same generator files, by SHA-256) reuses its version: no second version; its
-figure tags are refreshed and the champion rule is applied again.
+figure tags are refreshed and the champion rule is applied again. Concurrent registrations
+(two ``acgan register`` at once, same or different ensembles) are ordered by version number:
+see :mod:`acgan.registry.turns`.
 
 The champion rule: ``@champion`` moves to the new version only when the gate passes *and* the
 version beats the current champion on ``registry.primary_metric`` (strictly: a tie keeps the
@@ -21,25 +23,27 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import shlex
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from acgan.checkpoint import atomic_dir, atomic_write_bytes, atomic_write_json, one_line
 from acgan.config import Config
-from acgan.errors import AcganError, RegistryError, mask_credentials
-from acgan.lineage import git_commit, open_pipeline_run
+from acgan.errors import AcganError, RegistryError, mask_credentials, strip_credentials
+from acgan.lineage import finish_pipeline_run, git_commit, open_pipeline_run
 from acgan.models.ensemble import Ensemble
-from acgan.registry import model_log
+from acgan.monitor import status
+from acgan.registry import model_log, turns
 from acgan.registry.inputs import Inputs, read_inputs
 from acgan.registry.model_log import CANDIDATE, CHAMPION, HASH_TAG, METRIC_TAG
 from acgan.registry.pyfunc import members_record
 from acgan.registry.rules import Retrier
+from acgan.registry.turns import DONE_TAG
 from acgan.tracking import STAGE_TAG, NullTracker, Run, Tracker, png_bytes
 
 log = logging.getLogger(__name__)
 REGISTRATION_JSON = "registration.json"
-DONE_TAG = "acgan.registration_complete"
 SAMPLES_PNG = "samples.png"
 TAG_LIMIT = 5000  # MLflow's maximum tag value length
 
@@ -95,17 +99,36 @@ def version_tags(
     return tags
 
 
-def description(cfg: Config, inp: Inputs, ens: Ensemble) -> str:
+def generate_command(name: str, version: int, tracking_uri: str) -> str:
+    """A command that loads this exact version when pasted into a shell: a local store's
+    path made absolute (it would otherwise depend on the directory the user is in), and no
+    credentials (the user's own come from MLFLOW_TRACKING_USERNAME/PASSWORD)."""
+    uri = strip_credentials(tracking_uri)
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        uri = "sqlite:///" + str(Path(uri.removeprefix("sqlite:///")).resolve())
+    return (
+        f"MLFLOW_TRACKING_URI={shlex.quote(uri)} acgan generate --model "
+        f"{shlex.quote(f'models:/{name}/{version}')} --classes 0,1 --n 16 --out generated"
+    )
+
+
+def description(
+    cfg: Config, inp: Inputs, ens: Ensemble, name: str, version: int | None, tracking_uri: str
+) -> str:
     fig = inp.figures.get(cfg.registry.primary_metric)
     fig_text = f"{fig:.4g}" if fig is not None else "n/a"
-    return (
+    health = ", ".join(f"{sid} {status.label(s)}" for sid, s in sorted(inp.health.items()))
+    text = (
         f"AC-GAN ensemble: {len(ens.members)} split generators routing {len(ens.classes)} "
         f"classes of '{inp.dataset}' at {ens.resolution}px x {ens.channels}ch. "
         f"Data {inp.data_hash[:12]}; gate {'passed' if inp.gate_passed else 'failed'}; "
-        f"{cfg.registry.primary_metric} {fig_text}. "
-        "Input: DataFrame(class_label, n, seed); output: uint8 images (N,H,W,C) + labels. "
-        "CLI: acgan generate --model models:/NAME@champion --classes 0,1 --n 64 --out DIR"
+        f"{cfg.registry.primary_metric} {fig_text}; splits: {health or 'no monitor verdict'}. "
+        "Input: DataFrame(class_label, n, seed); output: one base64 PNG per image with its "
+        "label (params format=array: uint8 images (N,H,W,C) + labels)."
     )
+    if version is not None:
+        text += f" Generate images: {generate_command(name, version, tracking_uri)}"
+    return text
 
 
 def _write(out_dir: Path, record: dict[str, Any], grid: Any) -> Path:
@@ -179,18 +202,25 @@ def register(
             client,
             name,
             digest,
-            lambda: model_log.log_ensemble(retry, tracker, run.run_id, ens, members, grid),
+            lambda: model_log.log_ensemble(
+                retry, tracker, run.run_id, ens, members, grid, cfg.registry.serve_max_images
+            ),
             tags=tags,
-            description=description(cfg, inp, ens),
+            description=description(cfg, inp, ens, name, None, tracker.uri),
             run_id=run.run_id,
         )
-        if not created:  # same generators, maybe newer evidence (an evaluation since): refresh
-            model_log.refresh_tags(retry, client, name, mv, tags)
     except BaseException:
         _end_quietly(run)
         raise
     version = int(mv.version)
     try:
+        if created:  # a concurrent registration of the same ensemble may have won
+            mv, created = turns.keep_oldest(retry, client, name, digest, mv)
+            version = int(mv.version)
+        # older versions still being registered go first (the champion rule in version order)
+        mv = turns.wait_for_turn(retry, client, name, mv, created, cfg.registry.turn_timeout_s)
+        if not created:  # same generators, maybe newer evidence (an evaluation since): refresh
+            model_log.refresh_tags(retry, client, name, mv, tags)
         # A new version gets @candidate; so does an old one whose registration a killed
         # process left unfinished (it lacks the tag set as the very last step).
         unfinished = created or mv.tags.get(DONE_TAG) != "true"
@@ -198,6 +228,15 @@ def register(
             retry(
                 f"set alias {CANDIDATE}",
                 lambda: client.set_registered_model_alias(name, CANDIDATE, version),
+            )
+        # The version <-> logged model link both ways, and a description whose command names
+        # this version (its number is only known now).
+        model_log.link_logged_model(retry, client, mv, name, version)
+        text = description(cfg, inp, ens, name, version, tracker.uri)
+        if mv.description != text:
+            retry(
+                f"describe v{version}",
+                lambda: client.update_model_version(name, version, description=text),
             )
         decision = model_log.apply_champion_rule(
             retry, client, name, version, cfg.registry, inp.gate_passed, inp.gate_reasons
@@ -235,6 +274,12 @@ def register(
         )
     except AcganError:  # the version is complete; the record just says less
         aliases = [CHAMPION] if champion else []
+    links = {
+        "runs": tracker.runs_url(),
+        "pipeline_run": tracker.run_url(parent.run_id),
+        "registered_model": tracker.model_url(name),
+        "version": tracker.model_url(name, version),
+    }
     record = {
         **base,
         **asdict(result),
@@ -242,12 +287,25 @@ def register(
         "aliases": aliases,
         "tracking_uri": mask_credentials(tracker.uri),
         "pipeline_run_id": parent.run_id,
+        "generate": generate_command(name, version, tracker.uri),
+        "links": links,
     }
     path = _write(out_dir, record, grid)
-    try:  # bookkeeping on the run: the registration itself is done whatever happens here
+    try:  # bookkeeping on the runs: the registration itself is done whatever happens here
         run.log_dict(json.loads(path.read_text()), f"register/{REGISTRATION_JSON}")
-        run.set_tags({"acgan.model_version": version, "acgan.decision": result.decision})
+        gate = "passed" if inp.gate_passed else "failed"
+        outcome = {
+            "acgan.model_version": version,
+            "acgan.model_uri": result.model_uri,
+            "acgan.aliases": ",".join(aliases) or "none",
+            "acgan.decision": result.decision,
+        }
+        run.set_tags(outcome)
         run.end("FINISHED")
+        # The last stage of the pipeline: its parent run ends with the registry's answer.
+        finish_pipeline_run(
+            parent, inp.figures, {**outcome, "acgan.registered_model": name, "acgan.gate": gate}
+        )
     except AcganError as exc:
         log.warning("registered %s v%s, but the run's bookkeeping failed: %s", name, version, exc)
     return result

@@ -35,7 +35,7 @@ def train_split_with_monitor(
         from acgan.monitor.hook import CollapseMonitor
 
         plan = load_plan(splits_dir)
-        hooks.append(CollapseMonitor.from_config(cfg, plan.reference_max))
+        hooks.append(CollapseMonitor.from_config(cfg, plan.reference_msssim))
     return train_split(
         cfg, split_id, splits_dir, out_dir, checkpoint_root, tracker, hooks=hooks, **kwargs
     )
@@ -87,7 +87,7 @@ def train_splits(
         # split's LoopContext, so one instance serves the whole pack.
         from acgan.monitor.hook import CollapseMonitor
 
-        hooks.append(CollapseMonitor.from_config(cfg, plan.reference_max))
+        hooks.append(CollapseMonitor.from_config(cfg, plan.reference_msssim))
     results: list[TrainResult] = []
     for start in range(0, len(ids), cfg.train.pack):
         chunk = ids[start : start + cfg.train.pack]

@@ -18,18 +18,20 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import torch
-from tqdm.auto import tqdm
 
 from acgan import checkpoint
 from acgan.checkpoint import atomic_write_json
-from acgan.config import Config
+from acgan.config import Config, TrainConfig
 from acgan.data.shards import read_images
 from acgan.data.splits import SplitSpec, load_plan
 from acgan.lineage import EXECUTION_KEYS, open_pipeline_run, stage_record
-from acgan.models.acgan import d_loss, g_loss, to_float
+from acgan.models.acgan import to_float
 from acgan.models.ensemble import write_generator
+from acgan.models.losses import d_loss, g_loss
 from acgan.models.sampling import class_grid
+from acgan.progress import progress_bar
 from acgan.tracking import SPLIT_TAG, NullTracker, Run, Tracker, png_bytes
+from acgan.train import augment
 from acgan.train.state import (
     TrainState,
     build_state,
@@ -115,33 +117,86 @@ def train_fingerprint(cfg: Config, data_hash: str, split_id: int, attempt: int) 
     return f"{data_hash[:12]}-{fp}-s{split_id}-a{attempt}"
 
 
-def train_step(state: TrainState, data: SplitData, batch_size: int, amp: bool) -> torch.Tensor:
-    """One D update and one G update; returns the step's figures as a device tensor."""
+@dataclass(frozen=True)
+class StepRecipe:
+    """The ``train.*`` recipe options one step needs (see :mod:`acgan.models.losses` and
+    :mod:`acgan.train.augment`)."""
+
+    batch_size: int
+    amp: bool
+    loss: str = "bce"
+    fake_class_loss: bool = True
+    class_weight: float = 1.0
+    d_steps: int = 1
+    augment: tuple[str, ...] = ()
+    d_joint_batch: bool = False
+
+    @classmethod
+    def from_config(cls, t: TrainConfig, amp: bool) -> StepRecipe:
+        return cls(
+            t.batch_size, amp, t.loss, t.fake_class_loss, t.class_weight, t.d_steps,
+            tuple(t.augment), t.d_joint_batch,
+        )  # fmt: skip
+
+
+def _d_outputs(
+    D: torch.nn.Module, real: torch.Tensor, fake: torch.Tensor, joint: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """D's source and class logits for the real and the fake batch: two forward passes (the
+    paper's, each batch with its own BatchNorm statistics) or one over both."""
+    if joint:
+        src, cls = D(torch.cat([real, fake]))
+        n = real.shape[0]
+        return src[:n], cls[:n], src[n:], cls[n:]
+    src_r, cls_r = D(real)
+    src_f, cls_f = D(fake)
+    return src_r, cls_r, src_f, cls_f
+
+
+def train_step(state: TrainState, data: SplitData, recipe: StepRecipe) -> torch.Tensor:
+    """``recipe.d_steps`` D updates and one G update; returns the step's figures as a device
+    tensor (those of the last D update)."""
     G, D, gen, dev = state.G, state.D, state.gen, state.device
-    n, k = data.images.shape[0], data.num_classes
-    # Drawn on the generator's device (a CUDA generator cannot draw CPU tensors), then moved to
-    # the images (a no-op when they fit on the device, the usual case).
-    idx = torch.randint(0, n, (batch_size,), generator=gen, device=dev).to(data.images.device)
-    real = to_float(data.images[idx].to(dev, non_blocking=True))
-    y_real = data.labels[idx].to(dev, non_blocking=True)
-    z = torch.randn(batch_size, G.latent_dim, generator=gen, device=dev)
-    y_fake = torch.randint(0, k, (batch_size,), generator=gen, device=dev)
-    autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp)
+    n, k, b = data.images.shape[0], data.num_classes, recipe.batch_size
+    side = data.images.shape[-1]
+    autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=recipe.amp)
+    d_kw = {"loss": recipe.loss, "fake_class_loss": recipe.fake_class_loss,
+            "class_weight": recipe.class_weight}  # fmt: skip
 
-    with autocast:
-        fake = G(z, y_fake)
-        src_r, cls_r = D(real)
-        src_f, cls_f = D(fake.detach())
-        loss_d, _, _ = d_loss(
-            src_r.float(), cls_r.float(), y_real, src_f.float(), cls_f.float(), y_fake
-        )
-    state.opt_d.zero_grad(set_to_none=True)
-    loss_d.backward()
-    state.opt_d.step()
+    for d_step in range(recipe.d_steps):
+        last = d_step == recipe.d_steps - 1
+        # Drawn on the generator's device (a CUDA generator cannot draw CPU tensors), then
+        # moved to the images (a no-op when they fit on the device, the usual case).
+        idx = torch.randint(0, n, (b,), generator=gen, device=dev).to(data.images.device)
+        real = to_float(data.images[idx].to(dev, non_blocking=True))
+        y_real = data.labels[idx].to(dev, non_blocking=True)
+        z = torch.randn(b, G.latent_dim, generator=gen, device=dev)
+        y_fake = torch.randint(0, k, (b,), generator=gen, device=dev)
+        with autocast, torch.set_grad_enabled(last):  # G's graph is kept for its update only
+            fake = G(z, y_fake)
+        d_real, d_fake = real, fake.detach()
+        if recipe.augment:
+            params = augment.draw(recipe.augment, b, side, gen, dev)
+            d_real, d_fake = augment.apply(d_real, params), augment.apply(d_fake, params)
+        with autocast:
+            src_r, cls_r, src_f, cls_f = _d_outputs(D, d_real, d_fake, recipe.d_joint_batch)
+            loss_d, _, _ = d_loss(
+                src_r.float(), cls_r.float(), y_real, src_f.float(), cls_f.float(), y_fake,
+                **d_kw,
+            )  # fmt: skip
+        state.opt_d.zero_grad(set_to_none=True)
+        loss_d.backward()
+        state.opt_d.step()
 
+    g_in = fake
+    if recipe.augment:
+        g_in = augment.apply(fake, augment.draw(recipe.augment, b, side, gen, dev))
     with autocast, frozen([D]):
-        src_g, cls_g = D(fake)
-        loss_g, _, _ = g_loss(src_g.float(), cls_g.float(), y_fake)
+        src_g, cls_g = D(g_in)
+        loss_g, _, _ = g_loss(
+            src_g.float(), cls_g.float(), y_fake, loss=recipe.loss,
+            class_weight=recipe.class_weight,
+        )  # fmt: skip
     state.opt_g.zero_grad(set_to_none=True)
     loss_g.backward()
     state.opt_g.step()
@@ -247,7 +302,7 @@ def train_split(
     # A hook that ended training (the collapse monitor's "stop") marks the state, so that
     # re-running the same training reproduces its output instead of training past the stop.
     count, stopped, status = 0, bool(state.extra.get("stopped")), "FAILED"
-    bar = tqdm(
+    bar = progress_bar(
         total=t_cfg.steps,
         initial=state.step,
         desc=f"train split {split_id}",
@@ -256,11 +311,12 @@ def train_split(
         dynamic_ncols=True,
     )
     amp = resolve_amp(t_cfg.amp, device)  # bf16 only where the hardware has it
+    recipe = StepRecipe.from_config(t_cfg, amp)
     t0, step0 = time.perf_counter(), state.step
     try:
         with _graceful_sigterm() as sig:
             while not stopped and state.step < t_cfg.steps:
-                acc += train_step(state, data, t_cfg.batch_size, amp)
+                acc += train_step(state, data, recipe)
                 count += 1
                 state.step += 1
                 bar.update(1)
@@ -283,7 +339,10 @@ def train_split(
                     if s % hook.every == 0 and hook(ctx) == "stop":
                         stopped = True
                 if s % t_cfg.sample_every == 0:
-                    run.log_image(class_grid(state.sampler), f"samples/step_{s:07d}.png")
+                    run.log_image(
+                        class_grid(state.sampler, names=meta["class_names"]),
+                        f"samples/step_{s:07d}.png",
+                    )
                 if s % t_cfg.checkpoint_every == 0 or s == t_cfg.steps or stopped or sig["term"]:
                     state.extra["events"] = ctx.events
                     save_checkpoint(ctx, meta, t_cfg.keep_checkpoints)
@@ -301,7 +360,7 @@ def train_split(
             run.end(status)
 
     final = history[-1] if history else {}
-    grid = class_grid(state.sampler)
+    grid = class_grid(state.sampler, names=meta["class_names"])
     summary = {
         "split_id": split_id,
         "step": state.step,

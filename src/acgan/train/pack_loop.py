@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from acgan import checkpoint
 from acgan.checkpoint import atomic_write_json
@@ -26,6 +25,7 @@ from acgan.config import Config
 from acgan.lineage import open_pipeline_run, stage_record
 from acgan.models.ensemble import write_generator
 from acgan.models.sampling import class_grid
+from acgan.progress import progress_bar
 from acgan.tracking import SPLIT_TAG, NullTracker, Run, Tracker, png_bytes
 from acgan.train.loop import (
     METRIC_NAMES,
@@ -39,7 +39,7 @@ from acgan.train.loop import (
     save_checkpoint,
     train_fingerprint,
 )
-from acgan.train.packed import PackedNets, packed_step
+from acgan.train.packed import PackedNets, check_supported, packed_step
 from acgan.train.state import (
     TrainState,
     build_state,
@@ -156,7 +156,10 @@ def _after_step(cfg: Config, m: _Member, hooks: Sequence[StepHook], term: bool) 
         if s % hook.every == 0 and hook(m.ctx) == "stop":
             m.stopped = True
     if s % t.sample_every == 0:
-        m.run.log_image(class_grid(m.state.sampler), f"samples/step_{s:07d}.png")
+        m.run.log_image(
+            class_grid(m.state.sampler, names=m.ctx.meta["class_names"]),
+            f"samples/step_{s:07d}.png",
+        )
     if s % t.checkpoint_every == 0 or s == t.steps or m.stopped or term:
         m.state.extra["events"] = m.ctx.events
         save_checkpoint(m.ctx, m.ctx.meta, t.keep_checkpoints)
@@ -166,7 +169,7 @@ def _finish(cfg: Config, m: _Member, pack: list[int], amp: bool, seconds: float)
     """Write the split's outputs exactly as train_split does (plus the pack it trained in)."""
     state, meta = m.state, m.ctx.meta
     final = m.history[-1] if m.history else {}
-    grid = class_grid(state.sampler)
+    grid = class_grid(state.sampler, names=meta["class_names"])
     summary = {
         "split_id": m.split_id,
         "step": state.step,
@@ -230,6 +233,7 @@ def train_pack(
 ) -> list[TrainResult]:
     """Train (or resume) ``split_ids`` together on one device as one batched model; split
     ``i`` writes ``out_dirs[i]``. The splits must have the same number of classes."""
+    check_supported(cfg)
     tracker = tracker or NullTracker()
     t = cfg.train
     device = resolve_device(t.device)
@@ -251,7 +255,7 @@ def train_pack(
         )
         members.append(m)
     pack = [m.split_id for m in members]
-    bar = tqdm(
+    bar = progress_bar(
         total=t.steps * len(members),
         initial=sum(min(m.state.step, t.steps) for m in members),
         desc=f"train splits {','.join(map(str, pack))} (packed)",

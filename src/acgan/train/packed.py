@@ -28,9 +28,36 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from acgan.config import Config
+from acgan.errors import ConfigError
 from acgan.models.acgan import dropout_mask, to_float
 from acgan.train.loop import SplitData
 from acgan.train.state import TrainState, frozen, step_adams, update_emas
+
+# The recipe options the batched model implements, at the values it implements: the paper's
+# network and losses (any dropout rate, learning rate, Adam betas and EMA).
+SUPPORTED = {
+    "model.g_widths": None, "model.g_upsample": "transposed5", "model.g_norm": "batch",
+    "model.d_widths": None, "model.d_norm": "batch", "model.d_spectral_norm": False,
+    "model.d_mbstd": False, "model.d_noise_std": 0.0, "model.equalized_lr": False,
+    "train.lr_g": None, "train.lr_d": None, "train.d_steps": 1, "train.loss": "bce",
+    "train.fake_class_loss": True, "train.class_weight": 1.0, "train.augment": [],
+    "train.d_joint_batch": False,
+}  # fmt: skip
+
+
+def check_supported(cfg: Config) -> None:
+    """The batched model is the paper's network: a recipe option it does not implement is a
+    one-line error naming it (never silently trained as something else)."""
+    flat = cfg.flat()
+    for key, value in SUPPORTED.items():
+        if flat[key] != value:
+            raise ConfigError(
+                f"{key}: {flat[key]!r} is not supported by packed training (train.pack > 1 "
+                f"on CUDA trains the paper's network; it needs {value!r}); use train.pack: 1 "
+                "or recipe: paper"
+            )
+
 
 Stacked = list[tuple[Tensor | None, Tensor | None]]  # per layer: (weight, bias) of all K splits
 

@@ -24,7 +24,7 @@ from torch.optim.adam import adam
 
 from acgan.config import Config
 from acgan.errors import CheckpointError, ConfigError
-from acgan.models.acgan import Discriminator, Generator
+from acgan.models.acgan import DArch, Discriminator, GArch, Generator
 from acgan.models.ensemble import GENERATOR_FORMAT
 
 CHECKPOINT_FORMAT = "acgan.train/1"
@@ -198,7 +198,8 @@ class TrainState:
     gen: torch.Generator  # batches, labels and noise
     device: torch.device
     seed: int
-    lr: float
+    lr_scale: float  # the monitor's rollbacks multiply both learning rates by a factor
+    base_lr: tuple[float, float]  # G's and D's configured learning rates
     step: int = 0
     extra: dict[str, Any] = field(default_factory=dict)  # e.g. the monitor's state
     # D's dropout stream when packed (None: the process-wide RNG of ``device``).
@@ -224,12 +225,19 @@ class TrainState:
         """The generator to sample from: the EMA copy when there is one."""
         return self.ema.model if self.ema is not None else self.G
 
+    def set_lr_scale(self, scale: float) -> None:
+        """Both optimizers' learning rates = their configured rate x ``scale``."""
+        self.lr_scale = scale
+        for opt, base in ((self.opt_g, self.base_lr[0]), (self.opt_d, self.base_lr[1])):
+            for group in opt.param_groups:
+                group["lr"] = base * scale
+
     def to_checkpoint(self, meta: dict[str, Any]) -> dict[str, Any]:
         ckpt: dict[str, Any] = {
             "format": CHECKPOINT_FORMAT,
             "step": self.step,
             "seed": self.seed,
-            "lr": self.lr,
+            "lr_scale": self.lr_scale,
             "G": _own(self.G.state_dict()),
             "D": _own(self.D.state_dict()),
             "opt_g": self.opt_g.state_dict(),
@@ -269,10 +277,8 @@ class TrainState:
                 f"{where}: checkpoint does not match this model "
                 f"({str(exc).splitlines()[0][:160]}); delete it or retrain"
             ) from exc
-        self.step, self.seed, self.lr = int(ckpt["step"]), int(ckpt["seed"]), float(ckpt["lr"])
-        for opt in (self.opt_g, self.opt_d):
-            for group in opt.param_groups:
-                group["lr"] = self.lr
+        self.step, self.seed = int(ckpt["step"]), int(ckpt["seed"])
+        self.set_lr_scale(float(ckpt["lr_scale"]))
         self.extra = dict(ckpt.get("extra") or {})
 
 
@@ -283,32 +289,37 @@ def _own(sd: dict[str, Any]) -> dict[str, Any]:
 
 
 def build_state(
-    cfg: Config, num_classes: int, device: torch.device, seed: int, lr: float | None = None
+    cfg: Config, num_classes: int, device: torch.device, seed: int, lr_scale: float = 1.0
 ) -> TrainState:
     """Fresh G, D, EMA and optimizers, initialised from ``seed``."""
     torch.manual_seed(seed)
     if device.type == "cuda":
         torch.cuda.manual_seed(seed)
-    G = Generator(num_classes, cfg.model.latent_dim, cfg.data.resolution, cfg.data.channels).to(
-        device
-    )
-    D = Discriminator(num_classes, cfg.data.resolution, cfg.data.channels, cfg.model.d_dropout).to(
-        device
-    )
-    lr = cfg.train.lr if lr is None else lr
+    res, ch = cfg.data.resolution, cfg.data.channels
+    G = Generator(num_classes, cfg.model.latent_dim, res, ch, GArch.from_config(cfg.model))
+    D = Discriminator(num_classes, res, ch, arch=DArch.from_config(cfg.model))
+    G, D = G.to(device), D.to(device)
     ema = EMA(G, cfg.train.ema_decay) if cfg.train.ema_decay > 0 else None
     gen = torch.Generator(device=device).manual_seed(seed)
+    lr_g, lr_d = base_lrs(cfg)
     return TrainState(
         G=G,
         D=D,
-        opt_g=make_adam(G.parameters(), cfg, device, lr),
-        opt_d=make_adam(D.parameters(), cfg, device, lr),
+        opt_g=make_adam(G.parameters(), cfg, device, lr_g * lr_scale),
+        opt_d=make_adam(D.parameters(), cfg, device, lr_d * lr_scale),
         ema=ema,
         gen=gen,
         device=device,
         seed=seed,
-        lr=lr,
+        lr_scale=lr_scale,
+        base_lr=(lr_g, lr_d),
     )
+
+
+def base_lrs(cfg: Config) -> tuple[float, float]:
+    """G's and D's configured learning rates (``train.lr_g`` / ``lr_d``, else ``train.lr``)."""
+    t = cfg.train
+    return (t.lr_g if t.lr_g is not None else t.lr, t.lr_d if t.lr_d is not None else t.lr)
 
 
 def generator_record(state: TrainState, meta: dict[str, Any]) -> dict[str, Any]:
@@ -321,6 +332,7 @@ def generator_record(state: TrainState, meta: dict[str, Any]) -> dict[str, Any]:
         "latent_dim": G.latent_dim,
         "resolution": G.resolution,
         "channels": G.channels,
+        "arch": G.arch.to_record(),
         "ema": state.ema is not None,
         "step": state.step,
         **meta,
