@@ -490,19 +490,19 @@ def test_stale_temp_dirs_of_dead_writers_are_removed(tmp_path: Path) -> None:
 
 
 def test_gate_fails_on_a_nan_threshold_or_figure() -> None:
-    e = load(None).eval
+    """NaN compares false both ways: a NaN limit or figure fails the gate, naming it."""
     import dataclasses
 
+    e = dataclasses.replace(load(None).eval, min_accuracy=0.5)
     nan = float("nan")
-    gate = gate_decision({"judge_accuracy": 0.1, "diverse_fraction": 1.0}, e)
-    assert not gate["passed"]
-    gate = gate_decision(
-        {"judge_accuracy": 0.99, "diverse_fraction": 1.0},
-        dataclasses.replace(e, min_accuracy=nan),
-    )
-    assert not gate["passed"] and "eval.min_accuracy" in gate["reasons"][0]
-    gate = gate_decision({"judge_accuracy": nan, "diverse_fraction": 1.0}, e)
-    assert not gate["passed"] and "judge_accuracy" in gate["reasons"][0]
+    good = {"judge_skill": 1.0, "fid_ratio": 1.0, "diverse_fraction": 1.0, "judge_accuracy": 0.99}
+    assert gate_decision(good, e)["passed"]
+    gate = gate_decision(good, dataclasses.replace(e, min_accuracy=nan))
+    assert not gate["passed"] and len(gate["reasons"]) == 1
+    assert "eval.min_accuracy" in gate["reasons"][0]
+    gate = gate_decision({**good, "judge_accuracy": nan}, e)
+    assert not gate["passed"] and len(gate["reasons"]) == 1
+    assert "judge_accuracy" in gate["reasons"][0]
 
 
 def test_metric_keys_stay_apart() -> None:

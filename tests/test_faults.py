@@ -431,7 +431,7 @@ def test_credentials_never_reach_a_run_a_file_or_a_message(stack: Stack, tmp_pat
         out, err = wait(proc)
         assert proc.returncode == code, err[-3000:]
         messages += out + err
-    assert "could not load from http://***@127.0.0.1" in messages  # the line names the server
+    assert "no registered model 'no-such-model' at http://***@127.0.0.1" in messages
     assert secret not in messages
 
     for p in tmp_path.rglob("*"):

@@ -152,6 +152,7 @@ def _figure(width: float, height: float) -> Figure:
     return Figure(figsize=(width, height), dpi=100, layout="constrained")
 
 
+@matplotlib.rc_context(NO_MATH)
 def _accuracy_plot(table: list[dict[str, Any]]) -> np.ndarray:
     fig = _figure(max(5.0, 0.6 * len(table) + 2), 3.6)
     ax = fig.subplots()
@@ -165,6 +166,7 @@ def _accuracy_plot(table: list[dict[str, Any]]) -> np.ndarray:
     return _render(fig)
 
 
+@matplotlib.rc_context(NO_MATH)
 def _msssim_plot(table: list[dict[str, Any]], threshold: float) -> np.ndarray:
     """One row per class (names on the axis, never on top of each other): samples vs real."""
     fig = _figure(6.0, max(3.0, 0.32 * len(table) + 1.4))
