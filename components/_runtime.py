@@ -81,7 +81,7 @@ def make_tracker(cfg: Any) -> Any:
 
     t = cfg.tracking
     tags = source_tags("acgan pipeline (Kubeflow)", "JOB") if t.enabled else None
-    return _make(t.enabled, t.uri, t.experiment, tags)
+    return _make(t.enabled, t.uri, t.experiment, tags, t.deadline_s)
 
 
 def log_figures(metrics: Any, figures: dict, prefix: str = "") -> None:

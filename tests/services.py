@@ -144,6 +144,7 @@ class MlflowServer:
     s3: S3Endpoint
     artifacts: str  # s3://bucket/prefix the server stores artifacts under
     log: Path  # the server's stdout + stderr
+    pid: int = 0  # leads the server's process group (a fault test kills it)
 
 
 def _stop(proc: subprocess.Popen[Any], grace: float = 3.0) -> None:
@@ -169,16 +170,17 @@ def mlflow_server(
     prefix: str = "mlflow",
     timeout: float = 120.0,
     while_starting: Callable[[], Any] | None = None,
+    port: int | None = None,
     backend_store_uri: str | None = None,
     workers: int = 1,
 ) -> Iterator[MlflowServer]:
     """``mlflow server`` (by default a sqlite store in ``workdir``; artifacts in S3) on a free
-    port.
+    port (or on ``port``: a server restarted on the same store and address).
 
     ``while_starting`` runs after the process is launched and before it is polled: the ~10 s
     the server needs to come up can be spent on other set-up (training a tiny model)."""
     workdir.mkdir(parents=True, exist_ok=True)
-    port = free_port()
+    port = port or free_port()
     artifacts = f"s3://{s3.bucket}/{prefix}"
     mlflow_bin = Path(sys.executable).with_name("mlflow")
     cmd = [
@@ -203,8 +205,9 @@ def mlflow_server(
     # store; nothing here uses them, and on 2 cores they slow every start-up
     env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
     url = f"http://{LOOPBACK}:{port}"
-    with _process(cmd, env, workdir / "server.log", f"{url}/health", timeout, while_starting):
-        yield MlflowServer(url, s3, artifacts, workdir / "server.log")
+    log_path = workdir / "server.log"
+    with _process(cmd, env, log_path, f"{url}/health", timeout, while_starting) as proc:
+        yield MlflowServer(url, s3, artifacts, log_path, proc.pid)
 
 
 @contextlib.contextmanager
@@ -216,8 +219,9 @@ def _process(
     timeout: float,
     while_starting: Callable[[], Any] | None = None,
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """Run ``cmd`` (output to ``log_path``) until ``ready_url`` answers; stop it on exit."""
-    with open(log_path, "wb") as log:
+    """Run ``cmd`` (output appended to ``log_path``: a restarted server keeps the first one's
+    lines) until ``ready_url`` answers; stop it on exit."""
+    with open(log_path, "ab") as log:
         proc = subprocess.Popen(
             cmd,
             cwd=log_path.parent,

@@ -101,6 +101,9 @@ def perturbed_copy(src: Path, dst: Path, scale: float) -> Path:
         k: v * (1 + scale) if v.is_floating_point() else v for k, v in rec["state_dict"].items()
     }
     checkpoint.save(rec, dst / GENERATOR_FILE)
+    train = json.loads((dst / "train.json").read_text())  # a run records what it wrote
+    train["generator_sha256"] = checkpoint.file_sha256(dst / GENERATOR_FILE)
+    (dst / "train.json").write_text(json.dumps(train))
     return dst
 
 

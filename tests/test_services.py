@@ -90,14 +90,6 @@ def do_register(cfg: Config, services: Services) -> Callable[..., Any]:
     return _do
 
 
-@pytest.fixture
-def quick_client_errors(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The MLflow client retries HTTP errors itself for minutes by default; here our own
-    bounded retries should be the ones that act."""
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
-
-
 def acgan_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [str(BIN / "acgan"), *args],
@@ -226,7 +218,6 @@ def test_outages_fail_cleanly_and_leave_no_version(
     do_register: Callable[..., Any],
     cfg: Config,
     tmp_path: Path,
-    quick_client_errors: None,
 ) -> None:
     from mlflow import MlflowClient
 
@@ -249,7 +240,7 @@ def test_outages_fail_cleanly_and_leave_no_version(
     # the MLflow server itself unreachable: one clear line, nothing written
     dead = load(None, [*SMALL_OVERRIDES, "tracking.uri=http://127.0.0.1:9"])
     with pytest.raises(AcganError, match=r"http://127.0.0.1:9"):
-        tracker = make_tracker(True, dead.tracking.uri, dead.tracking.experiment)
+        tracker = make_tracker(True, dead.tracking.uri, dead.tracking.experiment, deadline_s=3.0)
         register(dead, root / "monitor", services.trained.ingested, root / "register", tracker)
     assert not (root / "register").exists()
 

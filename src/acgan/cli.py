@@ -21,7 +21,7 @@ import click
 
 from acgan import __version__
 from acgan import config as config_mod
-from acgan.errors import AcganError
+from acgan.errors import AcganError, mask_credentials
 
 EPILOG_WIDTH = 100
 
@@ -34,9 +34,31 @@ def _load_config(params: tuple[str, ...], overrides: tuple[str, ...]) -> config_
     return cfg
 
 
+def _check_path(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """Refuse a path below a file before any work starts (it fails only when the stage comes
+    to write, after all its work, with ``NotADirectoryError`` otherwise)."""
+    from acgan.checkpoint import blocked_by_file  # imported here: the CLI loads lazily
+
+    if value is not None:
+        blocker = blocked_by_file(value)
+        if blocker is not None:
+            raise click.BadParameter(
+                f"{value}: {blocker} is a file, not a directory; choose another path",
+                ctx=ctx,
+                param=param,
+            )
+    return value
+
+
 def dir_option(*names: str, default: str | None, help: str) -> Callable[..., Any]:
     """A directory option (``--out``, ``--data``, ...) with its default shown in ``--help``."""
-    return click.option(*names, default=default, type=click.Path(file_okay=False), help=help)
+    return click.option(
+        *names,
+        default=default,
+        type=click.Path(file_okay=False),
+        callback=_check_path,
+        help=help,
+    )
 
 
 def with_config(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -74,7 +96,8 @@ def make_tracker(cfg: config_mod.Config) -> Any:
     ctx = click.get_current_context(silent=True)
     command = f"acgan {ctx.info_name}" if ctx is not None else "acgan"
     t = cfg.tracking
-    return _make(t.enabled, t.uri, t.experiment, source_tags(command) if t.enabled else None)
+    tags = source_tags(command) if t.enabled else None
+    return _make(t.enabled, t.uri, t.experiment, tags, t.deadline_s)
 
 
 def echo_json(obj: Any) -> None:
@@ -98,11 +121,16 @@ def cli(verbose: bool) -> None:
     Run it all:    dvc repro            (or: python -m pipelines.acgan --local)
     Every stage reads ./params.yaml (overrides only; `acgan config` shows every key).
     """
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_MaskingFormatter("%(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler])
+
+
+class _MaskingFormatter(logging.Formatter):
+    """Log lines with the credentials of any URI in them masked (MLflow quotes its URLs)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return mask_credentials(super().format(record))
 
 
 @cli.command()
@@ -126,6 +154,14 @@ def ingest(cfg: config_mod.Config, out: str) -> None:
         f"ingested {m.total} images of {len(m.class_names)} classes "
         f"({m.resolution}px, {m.mode}) -> {out} [hash {m.content_hash[:12]}]"
     )
+    if m.skipped_bad_images:
+        shown = ", ".join(m.skipped_files[:5]) + (", ..." if len(m.skipped_files) > 5 else "")
+        click.echo(f"skipped {m.skipped_bad_images} unreadable image(s): {shown}")
+    if m.ignored_dirs:
+        click.echo(
+            f"ignored hidden folder(s) {', '.join(m.ignored_dirs)} under data.root "
+            "(names starting with '.' are not classes; rename one to use it)"
+        )
 
 
 @cli.command()
@@ -443,9 +479,16 @@ def register(
     "--grid",
     default=None,
     type=click.Path(dir_okay=False),
+    callback=_check_path,
     help="Also write one grid PNG (a row per class).",
 )
 @click.option("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Write into class folders that already hold files, replacing only the images it "
+    "writes (without it such a folder is refused; nothing else is ever deleted).",
+)
 def generate(
     cfg: config_mod.Config,
     model: str | None,
@@ -455,6 +498,7 @@ def generate(
     seed: int,
     grid: str | None,
     device: str,
+    overwrite: bool,
 ) -> None:
     """Generate images of chosen classes from a registered (or local) ensemble.
 
@@ -466,7 +510,9 @@ def generate(
     """
     from acgan.registry.generate import choose_model, generate_images
 
-    chosen, note = choose_model(model, cfg.model_name, cfg.tracking.uri)
+    chosen, note = choose_model(
+        model, cfg.model_name, cfg.tracking.uri, deadline_s=cfg.tracking.deadline_s
+    )
     if note:
         click.echo(f"acgan: {note}", err=True)
     res = generate_images(
@@ -478,6 +524,8 @@ def generate(
         grid=Path(grid) if grid else None,
         tracking_uri=cfg.tracking.uri,
         device=device,
+        overwrite=overwrite,
+        deadline_s=cfg.tracking.deadline_s,
     )
     click.echo(
         f"{sum(res.counts.values())} images of {len(res.counts)} classes from "
@@ -593,7 +641,7 @@ def show_config(cfg: config_mod.Config, list_keys: bool) -> None:
         for key, tp, default, doc in config_mod.describe():
             click.echo(f"{key:32} {tp:18} {default!s:22} {doc}")
     else:
-        echo_json(cfg.to_dict())
+        echo_json(cfg.record())
 
 
 @cli.command()
@@ -627,6 +675,11 @@ def warm(socket_path: Path, idle_timeout: float) -> None:
     warm_mod.serve(socket_path, idle_timeout, _run)
 
 
+def _error(message: str) -> None:
+    """The one stderr line of a failed command (credentials in quoted URIs masked)."""
+    click.echo(f"acgan: error: {mask_credentials(' '.join(message.split()))}", err=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: user errors -> one line + exit 2. With ``$ACGAN_WARM`` naming a
     listening warm server (``acgan warm``), the command runs there (:mod:`acgan.warm`)."""
@@ -643,13 +696,17 @@ def _run(argv: list[str]) -> None:
     try:
         cli.main(args=argv, prog_name="acgan", standalone_mode=False)
     except AcganError as exc:
-        click.echo(f"acgan: error: {exc}", err=True)
+        _error(str(exc))
         sys.exit(2)
     except click.exceptions.Abort:
         click.echo("acgan: aborted", err=True)
         sys.exit(130)
+    except click.UsageError as exc:  # a bad option: one line too, with where to get help
+        where = exc.ctx.command_path if exc.ctx is not None else "acgan"
+        _error(f"{exc.format_message()} (see `{where} --help`)")
+        sys.exit(exc.exit_code)
     except click.ClickException as exc:
-        exc.show()
+        _error(exc.format_message())
         sys.exit(exc.exit_code)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)

@@ -15,6 +15,8 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -23,7 +25,7 @@ from typing import Any, Union
 
 import yaml
 
-from acgan.errors import ConfigError
+from acgan.errors import ConfigError, mask_credentials
 
 SOURCES = ("synthetic", "mnist", "fashion_mnist", "cifar10", "cifar100", "imagefolder")
 
@@ -50,6 +52,12 @@ class DataConfig:
     synthetic_per_class: int = _f(600, "images per class of the synthetic source", min=10)
     synthetic_seed: int = _f(0, "seed of the synthetic source", min=0)
     shard_rows: int = _f(4096, "images per Parquet shard", min=64)
+    max_image_pixels: int = _f(
+        8_000_000,
+        "largest image decoded (width x height, after JPEG's reduced-size decoding); "
+        "a bigger one stops ingest naming it",
+        min=1024,
+    )
 
 
 @dataclass(frozen=True)
@@ -296,6 +304,12 @@ class TrackingConfig:
     enabled: bool = _f(True, "log to MLflow (false: a no-op tracker)")
     uri: str = _f("sqlite:///mlflow.db", "MLflow tracking URI (MLFLOW_TRACKING_URI overrides)")
     experiment: str = _f("acgan", "MLflow experiment name")
+    deadline_s: float = _f(
+        30.0,
+        "seconds one MLflow or registry call may take, retries included, before one error line",
+        min=1.0,
+        max=3600.0,
+    )
 
 
 @dataclass(frozen=True)
@@ -312,12 +326,21 @@ class Config:
     recipe: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
+        """Every key, as given (credentials included: what a later task needs to connect)."""
         return dataclasses.asdict(self)
 
+    def record(self) -> dict[str, Any]:
+        """:meth:`to_dict` for writing down (config.json, checkpoints, ``acgan config``): the
+        user-info of URIs masked, so a tracking URI's credentials never reach a file."""
+        d = self.to_dict()
+        d["tracking"]["uri"] = mask_credentials(d["tracking"]["uri"])
+        return d
+
     def flat(self) -> dict[str, Any]:
-        """``{"train.steps": 400, ..., "recipe": "paper"}`` — the shape MLflow params want."""
+        """``{"train.steps": 400, ..., "recipe": "paper"}`` — the shape MLflow params want
+        (credentials masked)."""
         out: dict[str, Any] = {}
-        for s, sec in self.to_dict().items():
+        for s, sec in self.record().items():
             if isinstance(sec, dict):
                 out.update({f"{s}.{k}": v for k, v in sec.items()})
             else:
@@ -388,6 +411,8 @@ def _coerce(key: str, tp: Any, value: Any, rules: dict[str, Any]) -> Any:
         raise ConfigError(f"{key}: expected {expected[tp]}, got {value!r}")
     if tp is float:
         value = float(value)
+        if not math.isfinite(value):  # every bound check below is false for NaN
+            raise ConfigError(f"{key}: must be a finite number, got {value!r}")
     choices = rules.get("choices")
     if choices is not None and value not in choices:
         allowed = " | ".join(str(c) for c in choices)
@@ -416,6 +441,52 @@ def _build_section(name: str, raw: Any, source: str) -> Any:
         k: _coerce(f"{name}.{k}", hints[k], v, dict(fields[k].metadata)) for k, v in raw.items()
     }
     return cls(**kwargs)
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a key given twice in one mapping is an error (the
+    plain loader silently keeps the last one)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)  # type: ignore[no-untyped-call]
+            line = key_node.start_mark.line + 1
+            if isinstance(key, typing.Hashable) and key in seen:
+                raise ConfigError(
+                    f"{self.name}:{line}: key '{key}' is given twice (first on line "
+                    f"{seen[key]}); keep one"
+                )
+            if isinstance(key, typing.Hashable):
+                seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def _yaml_error(where: str, exc: yaml.YAMLError) -> str:
+    """PyYAML's multi-line caret message as one ``file:line:col: problem`` line."""
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    problem = getattr(exc, "problem", None) or getattr(exc, "context", None) or type(exc).__name__
+    at = f"{where}:{mark.line + 1}:{mark.column + 1}" if mark is not None else where
+    return f"{at}: not valid YAML ({problem}); fix the file"
+
+
+def _read_yaml(p: Path) -> Any:
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{p}: not UTF-8 text (byte {exc.start}: {exc.reason}); save the file as UTF-8"
+        ) from exc
+    except OSError as exc:
+        raise ConfigError(f"{p}: cannot read the params file ({exc.strerror}); check it") from exc
+    loader = _StrictLoader(text)
+    loader.name = str(p)
+    try:
+        return loader.get_single_data()
+    except yaml.YAMLError as exc:
+        raise ConfigError(_yaml_error(str(p), exc)) from exc
+    finally:
+        loader.dispose()  # type: ignore[no-untyped-call]
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -460,6 +531,12 @@ def _cross_check(cfg: Config, source: str) -> None:
             seen.update(group)
     if len(set(cfg.split.ids)) != len(cfg.split.ids):
         raise ConfigError(f"{source}: split.ids has duplicates: {cfg.split.ids}")
+    if cfg.registry.model_name is not None and re.search(r"['\"`]", cfg.registry.model_name):
+        # the registry is searched by name, and MLflow's filter strings cannot escape quotes
+        raise ConfigError(
+            f"{source}: registry.model_name {cfg.registry.model_name!r} has a quote character; "
+            "name the model without ' \" or `"
+        )
 
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
@@ -471,12 +548,9 @@ def recipe_names() -> list[str]:
 
 
 def _read_params(p: Path) -> dict[str, Any]:
-    try:
-        loaded = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{p}: not valid YAML ({exc}); fix the file") from exc
+    loaded = _read_yaml(p) or {}
     if not isinstance(loaded, dict):
-        raise ConfigError(f"{p}: expected a mapping of sections, got {type(loaded)}")
+        raise ConfigError(f"{p}: expected a mapping of sections, got {type(loaded).__name__}")
     return {k: dict(v) if isinstance(v, dict) else v for k, v in loaded.items()}
 
 
@@ -527,6 +601,8 @@ def load(
     source = ", ".join(map(str, paths)) or "defaults"
     for item in paths:
         p = Path(item)
+        if p.is_dir():
+            raise ConfigError(f"{p}: is a directory; pass --params with a YAML file")
         if p.exists():
             raw = _layer(raw, _read_params(p))
         elif not (missing_ok and p.name == "params.yaml"):

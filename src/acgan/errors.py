@@ -7,6 +7,8 @@ else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import re
+
 
 class AcganError(Exception):
     """Base class: bad input or environment, with a one-line actionable message."""
@@ -30,3 +32,31 @@ class TrackingError(AcganError):
 
 class RegistryError(AcganError):
     """Registering, aliasing or loading a registered model failed."""
+
+
+# scheme://user:password@host -> scheme://***@host. Matches inside any text (an error line
+# quoting a URL, a params value) as well as a bare URI; the host and path stay readable.
+_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)(?P<userinfo>[^/?#\s'\"]+)@")
+
+
+def mask_credentials(text: str) -> str:
+    """``text`` with the user-info of every URI in it replaced by ``***``.
+
+    The one helper for everything that records or prints a URI (MLflow params, config.json,
+    checkpoints, registration.json, ``acgan config``, error lines): a tracking URI such as
+    ``https://user:token@mlflow.example.com`` must never end up in a file, a run or a log.
+    """
+    return _USERINFO.sub(r"\g<scheme>***@", text)
+
+
+def strip_credentials(uri: str) -> str:
+    """``uri`` without its user-info, for a link or a command a user copies (a masked ``***``
+    would not work there; the user's own MLFLOW_TRACKING_USERNAME/PASSWORD or browser do)."""
+    return _USERINFO.sub(r"\g<scheme>", uri)
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception's text for an error line: one line, at most 200 characters, credentials
+    in any URI it quotes masked."""
+    text = mask_credentials(" ".join(str(exc).split())) or type(exc).__name__
+    return text if len(text) <= 200 else text[:197] + "..."

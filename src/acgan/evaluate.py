@@ -33,7 +33,7 @@ from acgan.evaluate_report import grids, headline, render_report, split_statuses
 from acgan.lineage import finish_pipeline_run, open_pipeline_run, write_stage_config
 from acgan.metrics import suite
 from acgan.metrics.judge import JUDGE_FILE, JUDGE_JSON, Judge, holdout_mask, load_judge
-from acgan.models.ensemble import Ensemble, read_manifest
+from acgan.models.ensemble import Ensemble
 from acgan.progress import progress_bar
 from acgan.tracking import STAGE_TAG, NullTracker, Tracker
 
@@ -89,7 +89,10 @@ def gate_decision(metrics: dict[str, Any], cfg: EvalConfig) -> dict[str, Any]:
             continue
         value = metrics.get(name)
         figures[name] = value
-        if value is None or not math.isfinite(float(value)):
+        if not math.isfinite(float(limit)):  # NaN compares false both ways: never a pass
+            reasons.append(f"eval.{key} is not a finite number ({limit}); set a real threshold")
+            advice.append(f"eval.{key}: set a finite threshold (or null to switch it off)")
+        elif value is None or not math.isfinite(float(value)):
             reasons.append(f"{name} is missing or not a number ({value}); eval.{key}: {limit:g}")
             advice.append(f"{name}: re-run `acgan evaluate` and check its log for this figure")
         elif (value < limit) if op == ">=" else (value > limit):
@@ -215,7 +218,7 @@ def _load_inputs(
             f"{splits_dir}: split from other data than {ingested_dir} (hash "
             f"{plan.data_hash[:12]} vs {manifest.content_hash[:12]}); re-run `acgan split`"
         )
-    ensemble = Ensemble.load(read_manifest(ensemble_manifest))
+    ensemble = Ensemble.from_manifest(ensemble_manifest)
     _check_ensemble(ensemble, manifest, ingested_dir)
     info = read_json(judge_dir / JUDGE_JSON) or {}
     if info.get("data_hash") != manifest.content_hash:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from acgan import checkpoint
+from acgan.checkpoint import file_sha256
 from acgan.config import Config, EvalConfig
 from acgan.data.ingest import load_manifest
 from acgan.data.shards import read_images
@@ -28,7 +29,6 @@ from acgan.metrics.judge import (
     JUDGE_JSON,
     accuracy,
     build_judge,
-    file_sha256,
     fit_judge,
     holdout_mask,
 )

@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import matplotlib
 import numpy as np
 import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -73,12 +74,17 @@ PICTURES = (
 )
 
 
+# Class names are plain text in every plot: a '$' in one must not start matplotlib's math mode.
+NO_MATH = {"text.parse_math": False}
+
+
 def _render(fig: Figure) -> np.ndarray:
     canvas = FigureCanvasAgg(fig)
     canvas.draw()
     return np.asarray(canvas.buffer_rgba())[..., :3].copy()
 
 
+@matplotlib.rc_context(NO_MATH)
 def training_plot(history: list[dict[str, float]]) -> np.ndarray:
     """The judge's loss and accuracies per epoch."""
     fig = Figure(figsize=(7, 3), dpi=100)
@@ -146,6 +152,7 @@ def _figure(width: float, height: float) -> Figure:
     return Figure(figsize=(width, height), dpi=100, layout="constrained")
 
 
+@matplotlib.rc_context(NO_MATH)
 def _accuracy_plot(table: list[dict[str, Any]]) -> np.ndarray:
     fig = _figure(max(5.0, 0.6 * len(table) + 2), 3.6)
     ax = fig.subplots()
@@ -159,6 +166,7 @@ def _accuracy_plot(table: list[dict[str, Any]]) -> np.ndarray:
     return _render(fig)
 
 
+@matplotlib.rc_context(NO_MATH)
 def _msssim_plot(table: list[dict[str, Any]], threshold: float) -> np.ndarray:
     """One row per class (names on the axis, never on top of each other): samples vs real."""
     fig = _figure(6.0, max(3.0, 0.32 * len(table) + 1.4))
@@ -210,6 +218,7 @@ def _quantiles(values: list[float]) -> list[float | None]:
     return torch.quantile(torch.tensor(values, dtype=torch.float64), q).tolist()
 
 
+@matplotlib.rc_context(NO_MATH)
 def write_plots(
     plot_dir: Path, figs: suite.Figures, data: suite.EvalData, images: dict[str, np.ndarray]
 ) -> None:

@@ -65,7 +65,7 @@ def stage_record(cfg: Config, stage: str, data_hash: str | None, **extra: Any) -
         "acgan_version": __version__,
         "git_commit": git_commit(),
         "data_hash": data_hash,
-        "config": cfg.to_dict(),
+        "config": cfg.record(),
         **extra,
     }
 

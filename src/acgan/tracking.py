@@ -10,17 +10,22 @@ the first task and passed down, so the cluster run and a local run look the same
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import io
+import json
 import logging
 import math
+import os
+import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
 
-from acgan.errors import TrackingError
+from acgan.errors import AcganError, TrackingError, mask_credentials, one_line, strip_credentials
 
 log = logging.getLogger(__name__)
 
@@ -39,28 +44,131 @@ TRAINING_VIEW = "?workflowType=machine_learning"
 T = TypeVar("T")
 
 
-def _retry(what: str, fn: Callable[[], T], attempts: int = 4, base_delay: float = 0.5) -> T:
-    """Call ``fn`` with bounded retries and exponential backoff; then a one-line error."""
-    for i in range(attempts):
-        try:
-            return fn()
-        except Exception as exc:  # MLflow raises MlflowException, requests errors, boto errors
-            if i == attempts - 1:
-                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-                raise TrackingError(
-                    f"MLflow: {what} failed after {attempts} attempts "
-                    f"({first}); check tracking.uri / MLFLOW_TRACKING_URI and "
-                    "that the server and its artifact store are up"
-                ) from exc
-            time.sleep(base_delay * 2**i)
-    raise AssertionError("unreachable")
+DEFAULT_DEADLINE_S = 30.0  # tracking.deadline_s's default: what a call may take, retries included
+MIN_ATTEMPT_S = 1.0  # a retry starts only with at least this much of the deadline left
+
+# MLflow error codes that no retry will fix.
+PERMANENT = {
+    "INVALID_PARAMETER_VALUE",
+    "RESOURCE_ALREADY_EXISTS",
+    "RESOURCE_DOES_NOT_EXIST",
+    "PERMISSION_DENIED",
+    "UNAUTHENTICATED",
+    "INVALID_STATE",
+    "BAD_REQUEST",
+}
+# MLflow retries failed HTTP requests itself (7 times, with backoff, 120 s timeout each):
+# wrapped in retries of our own that multiplied to ~1,000 s against a dead server. Inside
+# :class:`Retry` MLflow makes one attempt per request, which waits at most what is left.
+_HTTP_RETRIES = "MLFLOW_HTTP_REQUEST_MAX_RETRIES"
+_HTTP_TIMEOUT = "MLFLOW_HTTP_REQUEST_TIMEOUT"
+# MLflow prints "View run ... at: <tracking URI>/#/..." on stdout whenever a run ends: with
+# user-info in the URI that is the password on the terminal (and the CLI says where runs are).
+_NO_URL = "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"
+
+
+@contextlib.contextmanager
+def _one_http_attempt(timeout_s: float) -> Iterator[None]:
+    """MLflow's own HTTP retries off, its request timeout at ``timeout_s`` and its run-URL
+    printing off in the block (MLflow reads all three per call), restored afterwards."""
+    saved = {k: os.environ.get(k) for k in (_HTTP_RETRIES, _HTTP_TIMEOUT, _NO_URL)}
+    os.environ[_HTTP_RETRIES] = "0"
+    os.environ[_HTTP_TIMEOUT] = str(max(1, math.ceil(timeout_s)))
+    os.environ[_NO_URL] = "true"
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+class Retry:
+    """The one retry layer for every MLflow and registry call: attempts with exponential
+    backoff until the call succeeds, an error no retry fixes (:data:`PERMANENT`), ``attempts``
+    (when given) or ``deadline_s`` seconds in all — then one :attr:`error` line. Each attempt's
+    HTTP requests wait at most the time left, so a dead or silent server fails within the
+    deadline."""
+
+    error: type[AcganError] = TrackingError
+    hint = (
+        "check tracking.uri / MLFLOW_TRACKING_URI and that the server and its artifact store are up"
+    )
+
+    def __init__(
+        self,
+        where: str,
+        deadline_s: float = DEFAULT_DEADLINE_S,
+        attempts: int | None = None,
+        backoff_s: float = 0.5,
+        hint: str | None = None,
+        error: type[AcganError] | None = None,
+    ) -> None:
+        self.where, self.deadline_s = mask_credentials(where), float(deadline_s)
+        self.attempts, self.backoff_s = attempts, float(backoff_s)
+        self.hint, self.error = hint or self.hint, error or self.error
+
+    def message(self, what: str, tries: int, seconds: float, exc: BaseException) -> str:
+        return (
+            f"MLflow at {self.where}: {what} failed after {tries} attempt(s) in {seconds:.1f} s "
+            f"({one_line(exc)}); {self.hint}"
+        )
+
+    def __call__(self, what: str, fn: Callable[[], T]) -> T:
+        start, tries = time.monotonic(), 0
+        while True:
+            left = self.deadline_s - (time.monotonic() - start)
+            try:
+                with _one_http_attempt(left):
+                    return fn()
+            except AcganError:
+                raise
+            except Exception as exc:  # MlflowException, requests and boto errors
+                tries += 1
+                elapsed = time.monotonic() - start
+                left = self.deadline_s - elapsed
+                permanent = getattr(exc, "error_code", None) in PERMANENT
+                if permanent or tries == self.attempts or left <= MIN_ATTEMPT_S:
+                    raise self.error(self.message(what, tries, elapsed, exc)) from exc
+                delay = min(self.backoff_s * 2 ** (tries - 1), left - MIN_ATTEMPT_S)
+                # quiet: a call that fails for good says so in one line, at the end
+                log.debug("%s failed (%s); retrying in %.1f s", what, one_line(exc), delay)
+                time.sleep(delay)
+
+
+def _literal(value: str) -> str:
+    """A value for an MLflow filter string. Only ids, hashes and keys of our own go there
+    (user text such as class names is looked up by its hash, :func:`_run_key`): MLflow's
+    filter syntax has no escape that covers both quote characters."""
+    if not _SAFE_LITERAL.fullmatch(value):
+        raise ValueError(f"not a safe MLflow filter value: {value!r}")
+    return f"'{value}'"
+
+
+_SAFE_LITERAL = re.compile(r"[A-Za-z0-9._:\-]+")
+RUN_KEY_TAG = "acgan.run_key"
+
+
+def _run_key(parent_id: str, tags: Mapping[str, Any]) -> str:
+    """Identity of a child run: its parent and its tags, hashed (the tags may hold any text)."""
+    blob = json.dumps([parent_id, sorted((str(k), str(v)) for k, v in tags.items())])
+    return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
 
 class Run:
     """A handle on one MLflow run; every method is a no-op on :class:`NullRun`."""
 
-    def __init__(self, client: Any, run_id: str, parent_id: str | None = None) -> None:
+    def __init__(
+        self,
+        client: Any,
+        run_id: str,
+        parent_id: str | None = None,
+        retry: Retry | None = None,
+    ) -> None:
         self._client, self.run_id, self.parent_id = client, run_id, parent_id
+        self._retry = retry or Retry("the tracking server")
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         from mlflow.entities import Metric
@@ -72,7 +180,7 @@ class Run:
             if v is not None and math.isfinite(float(v))
         ]
         for i in range(0, len(batch), 1000):  # the REST API caps a batch at 1000 metrics
-            _retry(
+            self._retry(
                 "log_metrics",
                 lambda b=batch[i : i + 1000]: self._client.log_batch(self.run_id, metrics=b),
             )
@@ -81,10 +189,10 @@ class Run:
         from mlflow.entities import Param
 
         items = [Param(k, str(v)[:6000]) for k, v in params.items()]
-        existing = self._client.get_run(self.run_id).data.params
+        existing = self._retry("read params", lambda: self._client.get_run(self.run_id)).data.params
         items = [p for p in items if p.key not in existing]  # params are write-once
         for i in range(0, len(items), 100):
-            _retry(
+            self._retry(
                 "log_params",
                 lambda b=items[i : i + 100]: self._client.log_batch(self.run_id, params=b),
             )
@@ -94,11 +202,11 @@ class Run:
 
         batch = [RunTag(k, str(v)[:5000]) for k, v in tags.items()]
         if batch:
-            _retry("set_tags", lambda: self._client.log_batch(self.run_id, tags=batch))
+            self._retry("set_tags", lambda: self._client.log_batch(self.run_id, tags=batch))
 
     def log_image(self, image: Any, artifact_file: str) -> None:
         """A PIL image or HxWxC uint8 array, stored as PNG at ``artifact_file``."""
-        _retry(
+        self._retry(
             f"log_image {artifact_file}",
             lambda: self._client.log_image(self.run_id, np.asarray(image), artifact_file),
         )
@@ -106,31 +214,31 @@ class Run:
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         p = Path(path)
         fn = self._client.log_artifacts if p.is_dir() else self._client.log_artifact
-        _retry(f"log_artifact {p.name}", lambda: fn(self.run_id, str(p), artifact_path))
+        self._retry(f"log_artifact {p.name}", lambda: fn(self.run_id, str(p), artifact_path))
 
     def log_dict(self, obj: Any, artifact_file: str) -> None:
-        _retry(
+        self._retry(
             f"log_dict {artifact_file}",
             lambda: self._client.log_dict(self.run_id, obj, artifact_file),
         )
 
     def log_text(self, text: str, artifact_file: str) -> None:
-        _retry(
+        self._retry(
             f"log_text {artifact_file}",
             lambda: self._client.log_text(self.run_id, text, artifact_file),
         )
 
     def metrics(self) -> dict[str, float]:
         """The latest value of each metric of the run."""
-        return dict(_retry("get run", lambda: self._client.get_run(self.run_id)).data.metrics)
+        return dict(self._retry("get run", lambda: self._client.get_run(self.run_id)).data.metrics)
 
     def end(self, status: str = "FINISHED") -> None:
         """End the run. A stage that fails (or is killed) ends its pipeline run the same way:
         no later stage will run to finish it, and RUNNING forever would be a lie."""
-        _retry("end run", lambda: self._client.set_terminated(self.run_id, status))
+        self._retry("end run", lambda: self._client.set_terminated(self.run_id, status))
         if status != "FINISHED" and self.parent_id:
             parent = self.parent_id
-            _retry("end pipeline run", lambda: self._client.set_terminated(parent, status))
+            self._retry("end pipeline run", lambda: self._client.set_terminated(parent, status))
 
 
 class NullRun(Run):
@@ -155,15 +263,24 @@ class NullRun(Run):
 class Tracker:
     """Opens pipeline (parent) runs and per-split / per-stage (child) runs in one experiment."""
 
-    def __init__(self, uri: str, experiment: str, tags: Mapping[str, str] | None = None) -> None:
-        """``tags`` go on every run this tracker creates (the source: command, git commit)."""
+    def __init__(
+        self,
+        uri: str,
+        experiment: str,
+        tags: Mapping[str, str] | None = None,
+        deadline_s: float = DEFAULT_DEADLINE_S,
+    ) -> None:
+        """``tags`` go on every run this tracker creates (the source: command, git commit);
+        every call is retried within ``deadline_s`` (:class:`Retry`)."""
         import mlflow
         from mlflow.tracking import MlflowClient
 
         self.uri, self.experiment, self.tags = uri, experiment, dict(tags or {})
+        self.deadline_s = deadline_s
+        self._retry = Retry(uri, deadline_s)
         mlflow.set_tracking_uri(uri)  # also what mlflow.pyfunc loads use
         self._client = MlflowClient(tracking_uri=uri)
-        self.experiment_id = _retry(f"open experiment '{experiment}' at {uri}", self._experiment_id)
+        self.experiment_id = self._retry(f"open experiment '{experiment}'", self._experiment_id)
 
     @property
     def client(self) -> Any:
@@ -189,7 +306,7 @@ class Tracker:
 
     def _create_run(self, name: str, tags: Mapping[str, str]) -> str:
         all_tags = {**self.tags, **tags}
-        created = _retry(
+        created = self._retry(
             "create run",
             lambda: self._client.create_run(self.experiment_id, run_name=name, tags=all_tags),
         )
@@ -198,15 +315,15 @@ class Tracker:
     def _reopen(self, run_id: str) -> None:
         """A stage is about to log into ``run_id``: it is running again (a retried or resumed
         stage after a failure, an edited stage re-run after the pipeline had finished)."""
-        info = _retry("get run", lambda: self._client.get_run(run_id)).info
+        info = self._retry("get run", lambda: self._client.get_run(run_id)).info
         if info.status != "RUNNING":
-            _retry("reopen run", lambda: self._client.update_run(run_id, "RUNNING"))
+            self._retry("reopen run", lambda: self._client.update_run(run_id, "RUNNING"))
 
     @property
     def ui(self) -> str:
         """The MLflow UI's address: the server itself, or `mlflow ui` for a local store."""
         if self.uri.startswith(("http://", "https://")):
-            return self.uri.rstrip("/")
+            return strip_credentials(self.uri).rstrip("/")  # a link, printed and recorded
         return LOCAL_UI
 
     @property
@@ -214,7 +331,7 @@ class Tracker:
         """How to open :attr:`ui` (a local store has no server until `mlflow ui` starts)."""
         if self.uri.startswith(("http://", "https://")):
             return ""
-        return f"start it with: mlflow ui --backend-store-uri {self.uri}"
+        return f"start it with: mlflow ui --backend-store-uri {mask_credentials(self.uri)}"
 
     def runs_url(self) -> str | None:
         """The experiment's runs, in the model-training view (not the GenAI one)."""
@@ -231,7 +348,7 @@ class Tracker:
         return page + TRAINING_VIEW
 
     def _find(self, filter_string: str) -> Any | None:
-        runs = _retry(
+        runs = self._retry(
             "search runs",
             lambda: self._client.search_runs(
                 [self.experiment_id],
@@ -241,6 +358,9 @@ class Tracker:
             ),
         )
         return runs[0] if runs else None
+
+    def _run(self, run_id: str, parent_id: str | None = None) -> Run:
+        return Run(self._client, run_id, parent_id, self._retry)
 
     def pipeline_run(
         self,
@@ -253,13 +373,13 @@ class Tracker:
         """The parent run of one pipeline run: ``run_id`` if given, else found by ``key``."""
         if run_id:
             self._reopen(run_id)
-            return Run(self._client, run_id)
-        found = self._find(f"tags.`{PIPELINE_KEY_TAG}` = '{key}'")
+            return self._run(run_id)
+        found = self._find(f"tags.`{PIPELINE_KEY_TAG}` = {_literal(key)}")
         if found is not None:
-            run = Run(self._client, found.info.run_id)
+            run = self._run(found.info.run_id)
             self._reopen(run.run_id)
         else:
-            run = Run(self._client, self._create_run(name, {PIPELINE_KEY_TAG: key}))
+            run = self._run(self._create_run(name, {PIPELINE_KEY_TAG: key}))
         if params:
             run.log_params(params)
         if tags:
@@ -276,29 +396,34 @@ class Tracker:
     ) -> Run:
         """A nested run under ``parent``; with ``reuse`` an earlier one with the same tags is
         picked up again (a resumed trainer keeps logging into its run)."""
-        found = None
-        if reuse:
-            clauses = [f"tags.`{PARENT_TAG}` = '{parent.run_id}'"]
-            clauses += [f"tags.`{k}` = '{v}'" for k, v in tags.items()]
-            found = self._find(" and ".join(clauses))
+        key = _run_key(parent.run_id, tags)
+        found = self._find_key(parent, key) if reuse else None
         if found is not None:
-            run = Run(self._client, found.info.run_id, parent.run_id)
-            _retry("reopen run", lambda: self._client.update_run(run.run_id, "RUNNING"))
+            run = self._run(found.info.run_id, parent.run_id)
+            self._retry("reopen run", lambda: self._client.update_run(run.run_id, "RUNNING"))
         else:
-            all_tags = {PARENT_TAG: parent.run_id, **{k: str(v) for k, v in tags.items()}}
-            run = Run(self._client, self._create_run(name, all_tags), parent.run_id)
+            all_tags = {
+                PARENT_TAG: parent.run_id,
+                RUN_KEY_TAG: key,
+                **{k: str(v) for k, v in tags.items()},
+            }
+            run = self._run(self._create_run(name, all_tags), parent.run_id)
         if params:
             run.log_params(params)
         return run
 
+    def _find_key(self, parent: Run, key: str) -> Any | None:
+        return self._find(
+            f"tags.`{PARENT_TAG}` = {_literal(parent.run_id)} "
+            f"and tags.`{RUN_KEY_TAG}` = {_literal(key)}"
+        )
+
     def run(self, run_id: str) -> Run:
-        return Run(self._client, run_id)
+        return self._run(run_id)
 
     def find_child(self, parent: Run, tags: Mapping[str, Any]) -> Run | None:
-        clauses = [f"tags.`{PARENT_TAG}` = '{parent.run_id}'"]
-        clauses += [f"tags.`{k}` = '{v}'" for k, v in tags.items()]
-        found = self._find(" and ".join(clauses))
-        return Run(self._client, found.info.run_id, parent.run_id) if found else None
+        found = self._find_key(parent, _run_key(parent.run_id, tags))
+        return self._run(found.info.run_id, parent.run_id) if found else None
 
 
 class NullTracker(Tracker):
@@ -306,6 +431,8 @@ class NullTracker(Tracker):
 
     def __init__(self) -> None:  # noqa: D107
         self.uri, self.experiment, self.experiment_id, self.tags = "", "", "0", {}
+        self.deadline_s = DEFAULT_DEADLINE_S
+        self._retry = Retry("no tracking server")
 
     @property
     def client(self) -> Any:
@@ -352,13 +479,17 @@ class NullTracker(Tracker):
 
 
 def make_tracker(
-    enabled: bool, uri: str, experiment: str, tags: Mapping[str, str] | None = None
+    enabled: bool,
+    uri: str,
+    experiment: str,
+    tags: Mapping[str, str] | None = None,
+    deadline_s: float = DEFAULT_DEADLINE_S,
 ) -> Tracker:
     """An MLflow tracker, or the no-op twin when tracking is disabled."""
     if not enabled:
         return NullTracker()
     logging.getLogger("mlflow").setLevel(logging.WARNING)
-    return Tracker(uri, experiment, tags)
+    return Tracker(uri, experiment, tags, deadline_s)
 
 
 def png_bytes(image: Any) -> bytes:

@@ -46,6 +46,7 @@ class Manifest:
     content_hash: str
     created_by: str
     format_version: int = FORMAT_VERSION
+    ignored_dirs: list[str] = dataclasses.field(default_factory=list)  # hidden folders of root
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -70,6 +71,7 @@ class Manifest:
                 content_hash=str(raw["content_hash"]),
                 created_by=str(raw["created_by"]),
                 format_version=int(raw.get("format_version", FORMAT_VERSION)),
+                ignored_dirs=[str(d) for d in raw.get("ignored_dirs", [])],
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise DataError(
@@ -91,13 +93,20 @@ def load_manifest(directory: str | Path) -> Manifest:
     return Manifest.from_dict(raw, path)
 
 
-def _load_image(item: Item, resolution: int) -> Image.Image:
+class _TooLarge(Exception):
+    """An image file whose decoded size would exceed ``data.max_image_pixels``."""
+
+
+def _load_image(item: Item, resolution: int, max_pixels: int) -> Image.Image:
     if isinstance(item, Image.Image):
         return item
     with Image.open(item) as im:
         # JPEG can decode at 1/2, 1/4, 1/8 scale: far faster for ImageNet-size photos, and we
         # keep at least 2x the target so the LANCZOS resample still antialiases.
         im.draft(None, (2 * resolution, 2 * resolution))
+        w, h = im.size  # from the header: nothing is decoded yet
+        if w * h > max_pixels:
+            raise _TooLarge(f"{w}x{h} = {w * h / 1e6:.1f} megapixels")
         im.load()
         return im
 
@@ -128,10 +137,21 @@ def ingest(cfg: DataConfig, out_dir: Path, progress: bool = True) -> Manifest:
                 bar.update(1)
                 try:
                     png = encode_png(
-                        _load_image(item, cfg.resolution), cfg.resolution, cfg.channels
+                        _load_image(item, cfg.resolution, cfg.max_image_pixels),
+                        cfg.resolution,
+                        cfg.channels,
                     )
                 except MemoryError:
                     raise
+                except _TooLarge as exc:
+                    if cfg.on_bad_image == "skip":
+                        skipped.append(_describe(item, src.root))
+                        continue
+                    raise DataError(
+                        f"{item}: too large to decode ({exc}, data.max_image_pixels is "
+                        f"{cfg.max_image_pixels}); shrink it, raise the limit, or set "
+                        "data.on_bad_image: skip"
+                    ) from exc
                 except Exception as exc:
                     # Pillow signals a corrupt file with many exception types (OSError,
                     # SyntaxError, ValueError, EOFError, struct.error, ...): anything raised
@@ -166,6 +186,7 @@ def ingest(cfg: DataConfig, out_dir: Path, progress: bool = True) -> Manifest:
             shards=list(writer.shards),
             content_hash=writer.content_hash,
             created_by=f"acgan {__version__}",
+            ignored_dirs=list(src.ignored_dirs),
         )
         atomic_write_json(tmp / MANIFEST, manifest.to_dict())
         atomic_write_json(

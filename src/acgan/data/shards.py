@@ -85,6 +85,8 @@ def _normalise_mode(img: Image.Image, channels: int) -> Image.Image:
         img = img.convert("RGBA" if "transparency" in img.info else "RGB")
     elif mode in ("PA", "LA", "La", "RGBa"):
         img = img.convert("RGBA")
+    elif mode in ("LAB", "HSV", "YCbCr", "CMYK"):
+        img = img.convert("RGB")  # Pillow converts these to RGB only, not straight to "L"
     if img.mode == "RGBA":
         white = Image.new("RGBA", img.size, (255, 255, 255, 255))
         img = Image.alpha_composite(white, img).convert("RGB")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +41,7 @@ class SourceIter:
     items: Iterator[tuple[Item, int]]
     total: int | None = None  # for progress bars; None when unknown
     root: Path | None = None  # files are reported relative to this (ImageFolder)
+    ignored_dirs: list[str] = field(default_factory=list)  # hidden folders (".x") of the root
 
     def __iter__(self) -> Iterator[tuple[Item, int]]:
         return self.items
@@ -145,7 +146,8 @@ def _imagefolder(cfg: DataConfig) -> SourceIter:
             f"data.root: {cfg.root} is not a directory; point data.root at a tree "
             "of <class_name>/<image files>"
         )
-    names = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    dirs = sorted(p.name for p in root.iterdir() if p.is_dir())
+    names = [d for d in dirs if not d.startswith(".")]
     if not names:
         raise DataError(
             f"data.root: {cfg.root} has no class directories; expected "
@@ -163,7 +165,11 @@ def _imagefolder(cfg: DataConfig) -> SourceIter:
             )
         files.extend((p, label) for p in found[: _cap(cfg, len(found))])
     return SourceIter(
-        class_names=[names[c] for c in keep], items=iter(files), total=len(files), root=root
+        class_names=[names[c] for c in keep],
+        items=iter(files),
+        total=len(files),
+        root=root,
+        ignored_dirs=[d for d in dirs if d.startswith(".")],  # said in the ingest summary
     )
 
 

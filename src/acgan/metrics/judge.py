@@ -18,7 +18,6 @@ the features, so a judge is directly a torchmetrics feature extractor
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -147,14 +146,6 @@ _INCEPTION_TRUNK = (
     "Mixed_7b",
     "Mixed_7c",
 )
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _inception_from_state(sd: dict[str, Any], where: str) -> nn.Module:

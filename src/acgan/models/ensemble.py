@@ -7,6 +7,7 @@ a member that fails to load is reported by split and file, never papered over.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,12 +35,55 @@ class Member:
     step: int
 
 
-def load_member(path: str | Path, device: torch.device | str = "cpu") -> Member:
-    """Load one split's generator from its output directory or ``generator.pt`` file."""
+def write_generator(rec: dict[str, Any], directory: Path) -> str:
+    """Save a split's generator file into ``directory``; returns its SHA-256, which the
+    trainer records in ``train.json`` and every :func:`load_member` checks."""
+    return checkpoint.file_sha256(checkpoint.save(rec, Path(directory) / GENERATOR_FILE))
+
+
+def _recorded(path: Path) -> tuple[str | None, str]:
+    """The SHA-256 that ``train.json`` beside a generator file recorded, and its split's name."""
+    try:
+        train = json.loads((path.parent / "train.json").read_text())
+    except (OSError, ValueError):
+        return None, path.parent.name
+    if not isinstance(train, dict):
+        return None, path.parent.name
+    sha = train.get("generator_sha256")
+    return (sha if isinstance(sha, str) else None), f"split {train.get('split_id', '?')}"
+
+
+def verify_sha256(path: Path, expected: str | None = None) -> None:
+    """Check a generator file against the SHA-256 recorded when it was written (``expected``,
+    else its ``train.json``): a damaged or modified file is an error naming its split."""
+    recorded, split = _recorded(path)
+    want = expected or recorded
+    if want is None:  # written before hashes were recorded
+        return
+    actual = checkpoint.file_sha256(path)
+    if actual != want:
+        raise CheckpointError(
+            f"{split}: {path} does not match the SHA-256 recorded when it was written "
+            f"({actual[:12]} != {want[:12]}): damaged or modified; retrain the split "
+            "or restore the file"
+        )
+
+
+def load_member(
+    path: str | Path, device: torch.device | str = "cpu", sha256: str | None = None
+) -> Member:
+    """Load one split's generator from its output directory or ``generator.pt`` file, after
+    checking its SHA-256 (``sha256``, else the one its ``train.json`` recorded)."""
     path = Path(path)
     if path.is_dir():
         path = path / GENERATOR_FILE
-    rec = checkpoint.load(path, map_location="cpu")
+    if path.is_file():
+        verify_sha256(path, sha256)
+    rec = checkpoint.load(
+        path,
+        map_location="cpu",
+        fix=f"the file is damaged; retrain the split in {path.parent} or restore the file",
+    )
     if rec.get("format") != GENERATOR_FORMAT:
         raise CheckpointError(
             f"{path}: not a generator file (format {rec.get('format')!r}); "
@@ -108,8 +152,19 @@ class Ensemble:
                 self.class_names[c] = name
 
     @classmethod
-    def load(cls, paths: Sequence[str | Path], device: torch.device | str = "cpu") -> Ensemble:
-        return cls([load_member(p, device) for p in paths])
+    def load(
+        cls,
+        paths: Sequence[str | Path],
+        device: torch.device | str = "cpu",
+        sha256s: Sequence[str | None] | None = None,
+    ) -> Ensemble:
+        hashes = list(sha256s) if sha256s is not None else [None] * len(paths)
+        return cls([load_member(p, device, h) for p, h in zip(paths, hashes, strict=True)])
+
+    @classmethod
+    def from_manifest(cls, path: str | Path, device: torch.device | str = "cpu") -> Ensemble:
+        """The ensemble an ensemble manifest lists, each file checked against its SHA-256."""
+        return cls.load(read_manifest(path), device, manifest_hashes(path))
 
     @property
     def classes(self) -> list[int]:
@@ -179,11 +234,19 @@ def write_manifest(
     return path
 
 
+def manifest_hashes(path: str | Path) -> list[str | None]:
+    """Each member's generator SHA-256 as the manifest records it (None where it does not),
+    in the order of :func:`read_manifest`."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / ENSEMBLE_JSON
+    members = json.loads(path.read_text())["members"]
+    return [m.get("sha256") if isinstance(m.get("sha256"), str) else None for m in members]
+
+
 def read_manifest(path: str | Path, base: str | Path | None = None) -> list[Path]:
     """The member directories listed in an ensemble manifest (relative to ``base``, default
     the current directory)."""
-    import json
-
     path = Path(path)
     if path.is_dir():
         path = path / ENSEMBLE_JSON

@@ -73,9 +73,13 @@ def split_status(statuses: Sequence[str]) -> str:
     return next((s for s in SEVERITY if s in statuses), HEALTHY)
 
 
-def metric_key(name: str) -> str:
-    """A class name as an MLflow metric name component (letters, digits, ``_-. ``)."""
-    return re.sub(r"[^A-Za-z0-9_.\- ]", "_", name) or "_"
+def metric_key(name: str, index: int) -> str:
+    """Class ``index`` (``name``) as an MLflow metric name component: the name itself when
+    MLflow takes it (letters of any script, digits, ``_-. ``), else the name with the other
+    characters replaced plus ``:<index>`` — a ``:`` no kept name has, so no two classes share
+    a key (``men's`` and ``men_s`` stay apart)."""
+    safe = re.sub(r"[^\w.\- ]", "_", name)
+    return safe if safe == name and name.strip(" .") else f"{safe}:{index}"
 
 
 @torch.no_grad()

@@ -104,10 +104,11 @@ class CollapseMonitor:
                 "status": {c.name: c.status for c in checks},
             }
         )
+        keys = [metric_key(n, c) for n, c in zip(names, ctx.data.spec.classes, strict=True)]
         ctx.run.log_metrics(
             {
-                **{f"msssim/{metric_key(c.name)}": c.value for c in checks},
-                **{f"msssim_threshold/{metric_key(c.name)}": c.threshold for c in checks},
+                **{f"msssim/{k}": c.value for k, c in zip(keys, checks, strict=True)},
+                **{f"msssim_threshold/{k}": c.threshold for k, c in zip(keys, checks, strict=True)},
                 "monitor/collapsed_classes": sum(c.status == COLLAPSED for c in checks),
             },
             step=step,

@@ -26,6 +26,15 @@ def plot_split(rec: Mapping[str, Any], path: Path) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")  # no display in a pod or a CI runner
+    # Class names are plain text: a '$' in one must not start matplotlib's math mode.
+    with matplotlib.rc_context(NO_MATH):
+        return _plot_split(rec, path)
+
+
+NO_MATH = {"text.parse_math": False}
+
+
+def _plot_split(rec: Mapping[str, Any], path: Path) -> Path:
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 

@@ -140,6 +140,7 @@ def assess_split(cfg: Config, plan: SplitPlan, split_id: int, model_dir: Path) -
     return {
         "split_id": split_id,
         "model_dir": str(model_dir),
+        "generator_sha256": train.get("generator_sha256"),  # checked by load_member above
         "step": step,
         "stopped_early": bool(train.get("stopped_early")),
         "rollbacks": int(mon.get("rollbacks", 0)),
@@ -317,6 +318,7 @@ def _member(output: Mapping[str, Any], rec: Mapping[str, Any]) -> dict[str, Any]
         "model_dir": output["model_dir"],
         "status": rec["status"],
         "classes": [c["class"] for c in output["classes"].values()],
+        "sha256": output.get("generator_sha256"),  # every load of the file checks it
     }
 
 
@@ -365,7 +367,8 @@ def _log(run: Any, result: MonitorResult) -> None:
     for sid, rec in result.splits.items():
         final = rec.get("retrained") or rec
         for name, c in final["classes"].items():
-            metrics[f"final_msssim/split_{sid}/{metric_key(name)}"] = c["final_msssim"]
+            key = f"final_msssim/split_{sid}/{metric_key(name, c['class'])}"
+            metrics[key] = c["final_msssim"]
         metrics[f"collapsed_classes/split_{sid}"] = len(rec["collapsed_classes"])
     metrics.update(
         splits_collapsed=sum(bool(r["collapsed_classes"]) for r in result.splits.values()),

@@ -26,7 +26,6 @@ index), ``class_name``, ``seed``, ``index`` (0..n-1 within its request row) and
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -37,7 +36,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from acgan.checkpoint import one_line
+from acgan.checkpoint import file_sha256, one_line
 from acgan.errors import AcganError, CheckpointError, RegistryError
 from acgan.models.ensemble import Ensemble, Member, load_member
 from acgan.tracking import png_bytes
@@ -55,14 +54,6 @@ PNG_COLUMNS = {  # the png format's columns and their MLflow types
     "index": "long",
     "png_base64": "string",
 }
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def artifact_key(split_id: int) -> str:

@@ -28,9 +28,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from acgan.checkpoint import atomic_write_bytes, atomic_write_json, one_line
+from acgan.checkpoint import atomic_dir, atomic_write_bytes, atomic_write_json, one_line
 from acgan.config import Config
-from acgan.errors import AcganError, RegistryError
+from acgan.errors import AcganError, RegistryError, mask_credentials, strip_credentials
 from acgan.lineage import finish_pipeline_run, git_commit, open_pipeline_run
 from acgan.models.ensemble import Ensemble
 from acgan.monitor import status
@@ -101,8 +101,9 @@ def version_tags(
 
 def generate_command(name: str, version: int, tracking_uri: str) -> str:
     """A command that loads this exact version when pasted into a shell: a local store's
-    path made absolute (it would otherwise depend on the directory the user is in)."""
-    uri = tracking_uri
+    path made absolute (it would otherwise depend on the directory the user is in), and no
+    credentials (the user's own come from MLFLOW_TRACKING_USERNAME/PASSWORD)."""
+    uri = strip_credentials(tracking_uri)
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         uri = "sqlite:///" + str(Path(uri.removeprefix("sqlite:///")).resolve())
     return (
@@ -131,9 +132,11 @@ def description(
 
 
 def _write(out_dir: Path, record: dict[str, Any], grid: Any) -> Path:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(out_dir / SAMPLES_PNG, png_bytes(grid))
-    atomic_write_json(out_dir / REGISTRATION_JSON, record)
+    """Both files or neither (a killed process leaves the previous directory, and its temp
+    directory is removed by the next run)."""
+    with atomic_dir(out_dir) as tmp:
+        atomic_write_bytes(tmp / SAMPLES_PNG, png_bytes(grid))
+        atomic_write_json(tmp / REGISTRATION_JSON, record)
     return out_dir / REGISTRATION_JSON
 
 
@@ -179,7 +182,9 @@ def register(
     if "'" in name or "`" in name:
         raise RegistryError(f"registry.model_name {name!r}: quotes are not allowed; rename it")
 
-    retry = Retrier(cfg.registry.retries, cfg.registry.retry_backoff_s, tracker.uri)
+    retry = Retrier(
+        cfg.registry.retries, cfg.registry.retry_backoff_s, tracker.uri, cfg.tracking.deadline_s
+    )
     client = tracker.client
     parent = open_pipeline_run(tracker, cfg, inp.data_hash, parent_run_id)
     # One register run per trained ensemble: its version's source run shows its own files and
@@ -264,8 +269,10 @@ def register(
         out_dir / REGISTRATION_JSON,
     )
     try:
-        aliases = sorted(client.get_model_version(name, version).aliases)
-    except Exception:  # the version is complete; the record just says less
+        aliases = sorted(
+            retry("read aliases", lambda: client.get_model_version(name, version)).aliases
+        )
+    except AcganError:  # the version is complete; the record just says less
         aliases = [CHAMPION] if champion else []
     links = {
         "runs": tracker.runs_url(),
@@ -278,7 +285,7 @@ def register(
         **asdict(result),
         "registered": True,
         "aliases": aliases,
-        "tracking_uri": tracker.uri,
+        "tracking_uri": mask_credentials(tracker.uri),
         "pipeline_run_id": parent.run_id,
         "generate": generate_command(name, version, tracker.uri),
         "links": links,

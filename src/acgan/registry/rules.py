@@ -2,26 +2,12 @@
 
 from __future__ import annotations
 
-import logging
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
 
-from acgan.checkpoint import one_line
-from acgan.errors import AcganError, RegistryError
+from acgan.errors import RegistryError
+from acgan.tracking import DEFAULT_DEADLINE_S, PERMANENT, Retry
 
-log = logging.getLogger(__name__)
-T = TypeVar("T")
-
-# MLflow error codes that no retry will fix.
-PERMANENT = {
-    "INVALID_PARAMETER_VALUE",
-    "RESOURCE_ALREADY_EXISTS",
-    "PERMISSION_DENIED",
-    "UNAUTHENTICATED",
-    "INVALID_STATE",
-}
+__all__ = ["PERMANENT", "Decision", "Retrier", "decide"]
 
 
 @dataclass(frozen=True)
@@ -65,27 +51,19 @@ def decide(
     )
 
 
-class Retrier:
-    """Bounded retries with exponential backoff; then one :class:`RegistryError` line."""
+class Retrier(Retry):
+    """The tracking adapter's one retry layer (bounded by ``tracking.deadline_s``), failing
+    with a :class:`RegistryError` line that says to re-run ``acgan register``."""
 
-    def __init__(self, attempts: int, backoff_s: float, where: str) -> None:
-        self.attempts, self.backoff_s, self.where = attempts, backoff_s, where
+    error = RegistryError
+    hint = (
+        "check that the MLflow server and its artifact store are up, then re-run `acgan register`"
+    )
 
-    def __call__(self, what: str, fn: Callable[[], T]) -> T:
-        for i in range(self.attempts):
-            try:
-                return fn()
-            except AcganError:
-                raise
-            except Exception as exc:  # MlflowException, requests and boto errors
-                code = getattr(exc, "error_code", None)
-                if code in PERMANENT or i == self.attempts - 1:
-                    raise RegistryError(
-                        f"model registry at {self.where}: {what} failed after {i + 1} "
-                        f"attempt(s) ({one_line(exc)[:200]}); check that the MLflow server and "
-                        "its artifact store are up, then re-run `acgan register`"
-                    ) from exc
-                delay = self.backoff_s * 2**i
-                log.warning("%s failed (%s); retrying in %.1f s", what, one_line(exc), delay)
-                time.sleep(delay)
-        raise AssertionError("unreachable")
+    def __init__(
+        self, attempts: int, backoff_s: float, where: str, deadline_s: float = DEFAULT_DEADLINE_S
+    ) -> None:
+        super().__init__(where, deadline_s, attempts, backoff_s)
+
+    def message(self, what: str, tries: int, seconds: float, exc: BaseException) -> str:
+        return "model registry" + super().message(what, tries, seconds, exc).removeprefix("MLflow")

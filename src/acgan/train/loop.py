@@ -26,6 +26,7 @@ from acgan.data.shards import read_images
 from acgan.data.splits import SplitSpec, load_plan
 from acgan.lineage import EXECUTION_KEYS, open_pipeline_run, stage_record
 from acgan.models.acgan import to_float
+from acgan.models.ensemble import write_generator
 from acgan.models.losses import d_loss, g_loss
 from acgan.models.sampling import class_grid
 from acgan.progress import progress_bar
@@ -292,7 +293,7 @@ def train_split(
         "classes": list(data.spec.classes),
         "class_names": list(data.spec.class_names),
         "data_hash": plan.data_hash,
-        "config": cfg.to_dict(),
+        "config": cfg.record(),
         "attempt": attempt,
     }
     ctx = LoopContext(cfg, state, data, ckpt_dir, run, meta, events=state.extra.get("events", []))
@@ -378,7 +379,8 @@ def train_split(
         "class_names": meta["class_names"],
     }
     with checkpoint.atomic_dir(out_dir) as tmp:
-        checkpoint.save(generator_record(state, meta), tmp / "generator.pt")
+        # recorded where it is written; every later load checks the file against it
+        summary["generator_sha256"] = write_generator(generator_record(state, meta), tmp)
         record = stage_record(cfg, "train", plan.data_hash, split_id=split_id, seed=seed)
         atomic_write_json(tmp / "config.json", record)
         atomic_write_json(

@@ -23,6 +23,7 @@ from acgan import checkpoint
 from acgan.checkpoint import atomic_write_json
 from acgan.config import Config
 from acgan.lineage import open_pipeline_run, stage_record
+from acgan.models.ensemble import write_generator
 from acgan.models.sampling import class_grid
 from acgan.progress import progress_bar
 from acgan.tracking import SPLIT_TAG, NullTracker, Run, Tracker, png_bytes
@@ -111,7 +112,7 @@ def _open(
         "classes": list(data.spec.classes),
         "class_names": list(data.spec.class_names),
         "data_hash": plan.data_hash,
-        "config": cfg.to_dict(),
+        "config": cfg.record(),
         "attempt": attempt,
     }
     ctx = LoopContext(cfg, state, data, ckpt_dir, run, meta, events=state.extra.get("events", []))
@@ -188,7 +189,8 @@ def _finish(cfg: Config, m: _Member, pack: list[int], amp: bool, seconds: float)
         "packed_with": pack,
     }
     with checkpoint.atomic_dir(m.out_dir) as tmp:
-        checkpoint.save(generator_record(state, meta), tmp / "generator.pt")
+        # recorded where it is written; every later load checks the file against it
+        summary["generator_sha256"] = write_generator(generator_record(state, meta), tmp)
         record = stage_record(
             cfg, "train", m.data_hash, split_id=m.split_id, seed=m.seed, packed_with=pack
         )
