@@ -245,12 +245,12 @@ class EvalConfig:
         max=2.0,
     )
     max_fid_ratio: float | None = _f(
-        5.0,
+        10.0,
         "gate: FID at most this many times the real-vs-real FID floor (null: no such gate)",
         min=1.0,
     )
     min_diverse_fraction: float = _f(
-        0.5,
+        0.3,
         "gate: fraction of classes at least as diverse as the least diverse real class",
         min=0.0,
         max=1.0,
