@@ -187,7 +187,8 @@ figure {{ display: inline-block; margin: 0.5em; }} img {{ max-width: 100%; }}
 ({_esc(summary["threshold_rule"])}). A class is <b>healthy</b> at or below its threshold,
 <b>not_converged</b> above it (it never reached the real data's diversity, or hovers near it),
 and <b>collapsed</b> when, after having been healthy, it stays above the threshold and
-{summary["rise"]:g} above its own best for {summary["patience"]} consecutive check(s). A split
+{summary["rise"]:g} above its own best for {summary["patience"]} consecutive check(s); checks
+in the first {summary.get("warmup", 0):.0%} of training count for the status only. A split
 takes its worst class's status. In-training action:
 <b>{_esc(summary["action"])}</b>; retrain collapsed splits: {retrain}.</p>
 <p>Ensemble members: <b>{_esc(members)}</b>; excluded: {len(summary["excluded"])}.</p>

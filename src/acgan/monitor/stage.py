@@ -297,6 +297,7 @@ def _assess_all(
         ),
         "rise": m.rise,
         "patience": m.patience,
+        "warmup": m.warmup,
         "pairs": m.pairs,
         "action": m.action,
         "retrain_collapsed": m.retrain_collapsed,
