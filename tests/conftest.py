@@ -2,13 +2,28 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from acgan.config import Config, load
+
+
+@pytest.fixture(autouse=True)
+def _mlflow_environment_restored() -> Iterator[None]:
+    """``mlflow.set_tracking_uri`` also sets ``MLFLOW_TRACKING_URI`` in the process's
+    environment, which the CLI reads as the user's override: a command run in-process (click's
+    CliRunner) must not hand its server to every later test. Every ``MLFLOW_*`` variable is
+    put back as it was."""
+    before = {k: v for k, v in os.environ.items() if k.startswith("MLFLOW_")}
+    yield
+    for key in [k for k in os.environ if k.startswith("MLFLOW_") and k not in before]:
+        del os.environ[key]
+    os.environ.update(before)
+
 
 # Small enough that ingest + split take about a second; big enough for 2 shards per run and
 # MS-SSIM pairs per class.
