@@ -14,7 +14,7 @@ from acgan import config
 from acgan.config import Config
 from acgan.data.splits import SplitSpec
 from acgan.errors import ConfigError
-from acgan.models.acgan import DArch, Discriminator, GArch, Generator
+from acgan.models.acgan import DArch, Discriminator, GArch, Generator, GSpec
 from acgan.models.layers import MinibatchStd, PixelNorm
 from acgan.models.losses import d_loss, g_loss
 from acgan.train import augment
@@ -206,6 +206,16 @@ def test_paper_recipe_is_the_papers_network(make_cfg: Callable[..., Config]) -> 
     assert (t.lr, t.beta1, t.beta2, cfg.model.d_dropout) == (2e-4, 0.5, 0.999, 0.5)
     # params files and --set still win over the preset
     assert make_cfg("recipe=paper", "model.d_dropout=0.1").model.d_dropout == 0.1
+
+
+def test_fast_recipe_is_the_default_at_half_width(make_cfg: Callable[..., Config]) -> None:
+    fast, default = make_cfg("recipe=fast"), make_cfg()
+    assert GArch.from_config(fast.model).spec(32) == GSpec(192, 4, (96, 48))
+    assert GArch.from_config(default.model).spec(32) == GSpec(256, 4, (128, 64))
+    assert DArch.from_config(fast.model).widths == (8, 16, 32, 64, 128, 256)
+    same = ("g_upsample", "g_norm", "d_norm", "d_dropout", "d_spectral_norm", "d_mbstd")
+    assert all(getattr(fast.model, k) == getattr(default.model, k) for k in same)
+    assert fast.train == default.train
 
 
 def test_recipe_errors_are_one_line(tmp_path: Path) -> None:
