@@ -1,18 +1,15 @@
 """Start-up of each ``acgan`` command: what a stage process spends before its work begins.
 
-    python -m benchmarks.startup              # 3 repeats, medians
-    python -m benchmarks.startup --repeat 5
+    python -m benchmarks.startup              # 1 run per command
+    python -m benchmarks.startup --repeat 3   # medians
 
-Per command, three figures, each the median wall time of fresh processes:
-
-- ``--help``: the interpreter, ``acgan.cli`` and click (what every command pays);
-- ``start``: a trivial invocation, the command run against a missing input so that it imports
-  what its body needs and then stops with its one-line error (exit 2) before any work
-  (``tracking.enabled: false``: opening an MLflow store is work, not start-up);
-- the heavy libraries that invocation imported (``-X importtime``): torch, torchvision,
-  torchmetrics, MLflow, matplotlib, kfp, pandas.
-
-Plus ``import acgan.cli`` alone, in ``-X importtime``'s own figure (microseconds -> s).
+- ``acgan --help``: the interpreter, ``acgan.cli`` and click (every command's floor), and
+  ``import acgan.cli`` alone in ``-X importtime``'s own figure;
+- per command, a trivial invocation: the command run against a missing input, so that it
+  imports what its body needs and stops with its one-line error (exit 2) before any work
+  (``tracking.enabled: false``: opening an MLflow store is work, not start-up). It runs under
+  ``-X importtime``, which names the heavy libraries it imported (torch, torchvision,
+  torchmetrics, MLflow, matplotlib, kfp, pandas).
 """
 
 from __future__ import annotations
@@ -54,27 +51,18 @@ def _env() -> dict[str, str]:
     return env
 
 
-def _wall(args: list[str], cwd: Path) -> tuple[float, int]:
+def _run(args: list[str], cwd: Path) -> tuple[float, int, str]:
     t0 = time.perf_counter()
     proc = subprocess.run(args, cwd=cwd, env=_env(), capture_output=True, text=True)
-    return time.perf_counter() - t0, proc.returncode
+    return time.perf_counter() - t0, proc.returncode, proc.stderr
 
 
-def _imported(args: list[str], cwd: Path) -> list[str]:
-    """The heavy top-level packages a command imports (from -X importtime's log)."""
-    proc = subprocess.run(
-        [sys.executable, "-X", "importtime", "-c", ENTRY, *args],
-        cwd=cwd,
-        env=_env(),
-        capture_output=True,
-        text=True,
-    )
+def _heavy(importtime_log: str) -> list[str]:
+    """The heavy top-level packages in a ``-X importtime`` log."""
     seen = set()
-    for line in proc.stderr.splitlines():
+    for line in importtime_log.splitlines():
         if line.startswith("import time:") and "|" in line:
-            name = line.rsplit("|", 1)[1].strip()
-            if name in HEAVY:
-                seen.add(name)
+            seen.add(line.rsplit("|", 1)[1].strip())
     return [h for h in HEAVY if h in seen]
 
 
@@ -96,7 +84,7 @@ def import_cli_seconds(cwd: Path) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--repeat", type=int, default=1)
     a = ap.parse_args()
     acgan = str(Path(sys.executable).with_name("acgan"))
     with tempfile.TemporaryDirectory() as tmp:
@@ -104,30 +92,26 @@ def main() -> None:
         # the defaults, but no MLflow store: a stage's sqlite set-up is not its start-up
         (cwd / "params.yaml").write_text("tracking: {enabled: false}\n")
         cli = statistics.median(import_cli_seconds(cwd) for _ in range(a.repeat))
+        helps = [_run([acgan, "--help"], cwd)[0] for _ in range(a.repeat)]
         rows = []
         for name, args in COMMANDS.items():
             args = [x.format(tmp=tmp) for x in args]
-            helps, starts, codes = [], [], set()
-            for _ in range(a.repeat):  # alternate, so load drift affects both alike
-                helps.append(_wall([acgan, args[0], "--help"], cwd)[0])
-                seconds, code = _wall([acgan, *args], cwd)
-                starts.append(seconds)
-                codes.add(code)
-            heavy = ", ".join(_imported(args, cwd)) or "-"
-            rows.append(
-                [
-                    name,
-                    statistics.median(helps),
-                    statistics.median(starts),
-                    "/".join(map(str, sorted(codes))),
-                    heavy,
-                ]
-            )
-    print(f"\n`import acgan.cli` (-X importtime, median of {a.repeat}): {cli:.3f} s")
+            runs = [
+                _run([sys.executable, "-X", "importtime", "-c", ENTRY, *args], cwd)
+                for _ in range(a.repeat)
+            ]
+            codes = "/".join(sorted({str(code) for _, code, _ in runs}))
+            heavy = ", ".join(_heavy(runs[-1][2])) or "-"
+            rows.append([name, statistics.median(r[0] for r in runs), codes, heavy])
+    print(
+        f"\n`import acgan.cli` (-X importtime): {cli:.3f} s; `acgan --help`: "
+        f"{statistics.median(helps):.2f} s (median of {a.repeat})"
+    )
     print(
         table(
-            f"Start-up per command, median of {a.repeat} (s); load {load_average()}",
-            ["command", "--help s", "start s", "exit", "heavy imports of the start"],
+            f"Start-up per command (a trivial invocation, median of {a.repeat}, s); "
+            f"load {load_average()}",
+            ["command", "start s", "exit", "heavy imports"],
             rows,
         )
     )
