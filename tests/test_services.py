@@ -240,7 +240,7 @@ def test_outages_fail_cleanly_and_leave_no_version(
     # the MLflow server itself unreachable: one clear line, nothing written
     dead = load(None, [*SMALL_OVERRIDES, "tracking.uri=http://127.0.0.1:9"])
     with pytest.raises(AcganError, match=r"http://127.0.0.1:9"):
-        tracker = make_tracker(replace(dead.tracking, deadline_s=3.0))
+        tracker = make_tracker(replace(dead.tracking, enabled=True, deadline_s=3.0))
         register(dead, root / "monitor", services.trained.ingested, root / "register", tracker)
     assert not (root / "register").exists()
 
