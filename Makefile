@@ -21,13 +21,8 @@ $(STAMP): pyproject.toml requirements/constraints.txt
 	$(BIN)/pip install --quiet -c requirements/constraints.txt -e ".[dev]"
 	touch $@
 
-# The stages fork from one warm `acgan` process (src/acgan/warm.py) instead of each importing
-# torch & co. again; plain `dvc repro` gives the same results.
 demo: $(STAMP)
-	@sock=$$(mktemp -u "$${TMPDIR:-/tmp}/acgan-warm.XXXXXX"); \
-	$(BIN)/acgan warm --socket "$$sock" & server=$$!; \
-	ACGAN_WARM="$$sock" $(BIN)/dvc repro; rc=$$?; \
-	kill $$server 2>/dev/null; wait $$server 2>/dev/null; exit $$rc
+	dvc repro
 	@echo ""
 	@echo "Done. Results:"
 	@echo "  data/ingested/manifest.json   the ingested dataset (Parquet shards)"

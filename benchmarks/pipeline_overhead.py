@@ -10,8 +10,8 @@ tests copy it) with the embedded MLflow store. For ``dvc repro`` a small wrapper
 ``acgan`` console script records each stage process's wall time, so the table shows where the
 time outside training goes: DVC itself (hashing, caching outputs), each stage's interpreter
 start and imports, and the stages that are not training (judge, monitor, evaluate, register).
-``dvc repro`` runs twice: cold (every stage a new process, as a plain ``dvc repro``) and warm
-(the stages fork from one ``acgan warm`` server, as ``make demo`` runs them).
+Every ``dvc repro`` stage is a new process (``make demo`` runs plain ``dvc repro``); what one
+costs before its work starts is ``python -m benchmarks.startup``'s table.
 The ``kfp.local`` part needs the pipeline package (``pipelines/acgan.py``); without it, it is
 skipped with a message.
 """
@@ -19,7 +19,6 @@ skipped with a message.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import shlex
@@ -28,12 +27,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from acgan.kfp_runtime import config_keys
 from benchmarks.common import REPO, load_average, table
 
 # A tiny budget (seconds per stage): checks that the harness works, not a representative ratio.
@@ -53,17 +52,10 @@ QUICK: dict[str, dict[str, Any]] = {
         "require_all_classes": False,
     },
 }  # fmt: skip
-# Pipeline parameters of pipelines/acgan.py that stand for config keys.
-KFP_PARAMS = {
-    "data.source": "source",
-    "data.resolution": "resolution",
-    "split.classes_per_split": "classes_per_split",
-    "train.steps": "steps",
-    "train.batch_size": "batch_size",
-    "train.seed": "seed",
-}
 # Keys the local KFP run sets itself (paths, tracking) or derives (the split ids).
 KFP_SKIP = ("data.root", "split.ids", "tracking.")
+# Pipeline parameters that stand for config keys (the pipeline's table), less those above.
+KFP_PARAMS = {key: name for name, key in config_keys().items() if not key.startswith(KFP_SKIP)}
 
 SHIM = """#!/bin/sh
 # Times each `acgan` process that dvc starts (benchmarks/pipeline_overhead.py).
@@ -143,27 +135,8 @@ def _stage_name(args: str) -> str:
     return f"{name}@{','.join(ids)}" if ids else name
 
 
-@contextlib.contextmanager
-def warm_server(work: Path, cwd: Path, env: dict[str, str]) -> Iterator[dict[str, str]]:
-    """``acgan warm`` for the duration (as ``make demo`` runs it): yields ``env`` with
-    ``ACGAN_WARM`` set, so that the stages of ``dvc repro`` fork from one warm process."""
-    sock = work / "warm.sock"
-    real = shutil.which("acgan", path=str(Path(sys.executable).parent))
-    log = (work / "warm.log").open("w")
-    server = subprocess.Popen(
-        [str(real), "warm", "--socket", str(sock)], cwd=cwd, env=env, stdout=log, stderr=log
-    )
-    try:
-        yield {**env, "ACGAN_WARM": str(sock)}
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
-        log.close()
-
-
-def measure_dvc(work: Path, quick: bool, warm: bool) -> dict[str, Any]:
-    mode = "warm" if warm else "cold"
-    work = work / mode
+def measure_dvc(work: Path, quick: bool) -> dict[str, Any]:
+    work = work / "dvc"
     repo = work / "dvc-repo"
     repo.mkdir(parents=True)
     copy_repo(repo)
@@ -184,9 +157,8 @@ def measure_dvc(work: Path, quick: bool, warm: bool) -> dict[str, Any]:
         ["git", "-c", "user.name=b", "-c", "user.email=b@b", "commit", "-qm", "copy"],
     ):
         _run(cmd, repo, env)  # fmt: skip
-    print(f"  dvc repro ({mode}) ...", file=sys.stderr, flush=True)
-    with warm_server(work, repo, env) if warm else contextlib.nullcontext(env) as run_env:
-        wall = _run(["dvc", "repro"], repo, run_env)
+    print("  dvc repro ...", file=sys.stderr, flush=True)
+    wall = _run(["dvc", "repro"], repo, env)
     stages = []
     for line in log.read_text().splitlines():
         start, end, rc, args = line.split(" ", 3)
@@ -234,20 +206,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                 description=__doc__.split("\n")[0])  # fmt: skip
     p.add_argument("--quick", action="store_true", help="tiny budget (harness check)")
     p.add_argument("--skip-dvc", action="store_true")
-    p.add_argument(
-        "--dvc-modes",
-        default="cold,warm",
-        help="cold: every stage a new process (plain `dvc repro`); warm: stages fork from "
-        "`acgan warm` (`make demo`); comma-separated (default: %(default)s)",
-    )
     p.add_argument("--skip-kfp", action="store_true")
     p.add_argument("--keep", action="store_true", help="keep the temporary copies")
     a = p.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="acgan-overhead-"))
     out: dict[str, Any] = {"imports_s": import_seconds()}
     try:
-        for mode in [] if a.skip_dvc else a.dvc_modes.split(","):
-            out[f"dvc-{mode}"] = measure_dvc(work, a.quick, warm=(mode == "warm"))
+        if not a.skip_dvc:
+            out["dvc"] = measure_dvc(work, a.quick)
         if not a.skip_kfp:
             out["kfp"] = measure_kfp(work, a.quick)
     finally:
@@ -258,8 +224,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     budget = "tiny (--quick)" if a.quick else "demo (params.yaml)"
     rows = []
     names = {
-        "dvc-cold": "dvc repro",
-        "dvc-warm": "dvc repro, acgan warm",
+        "dvc": "dvc repro",
         "kfp": "kfp.local run",
     }
     for name, label in names.items():
@@ -276,7 +241,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             f"{out['imports_s']:.1f} s; load average {load_average()}",
             ["run", "wall s", "training s", "outside training s", "outside / training"], rows,
         ), flush=True)  # fmt: skip
-    modes = [m for m in ("dvc-cold", "dvc-warm") if out.get(m)]
+    modes = ["dvc"] if out.get("dvc") else []
     if modes:
         stage_rows = [
             [n, *(out[m]["stages"][i][1] for m in modes)]

@@ -1,4 +1,4 @@
-"""How every component is declared: its image, no pip install at run time, embedded helpers."""
+"""How every component is declared: its image, and no pip install at run time."""
 
 from collections.abc import Callable
 from typing import Any
@@ -8,15 +8,14 @@ from kfp import dsl
 from components.images import STEP_IMAGE, TRAINER_IMAGE
 
 
-def component(*helpers: Callable[..., Any], gpu: bool = False) -> Callable[..., Any]:
+def component(*, gpu: bool = False) -> Callable[..., Any]:
     """``@dsl.component`` on one of our images. The image already holds the ``acgan`` package
-    and kfp, so nothing is installed when a pod starts (``install_kfp_package=False``); the
-    ``helpers`` from :mod:`components._runtime` are embedded into the component's source (the
-    component modules also import them by name, so the bodies read as plain Python)."""
+    and kfp, so nothing is installed when a pod starts (``install_kfp_package=False``), and a
+    component's body imports what it needs from ``acgan`` (the glue: :mod:`acgan.kfp_runtime`).
+    """
     return dsl.component(
         base_image=TRAINER_IMAGE if gpu else STEP_IMAGE,
         install_kfp_package=False,
-        additional_funcs=list(helpers),
     )
 
 

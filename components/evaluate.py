@@ -3,17 +3,10 @@ ensemble's evaluation, whose gate decides whether the ensemble is registered."""
 
 from kfp.dsl import HTML, Artifact, ClassificationMetrics, Dataset, Input, Metrics, Model, Output
 
-from components._runtime import (
-    absolute_manifest,
-    inline_images,
-    load_config,
-    log_figures,
-    make_tracker,
-)
 from components.common import component
 
 
-@component(load_config, make_tracker, log_figures, gpu=True)
+@component(gpu=True)
 def judge(
     config: str,
     parent_run_id: str,
@@ -28,12 +21,13 @@ def judge(
 
     from acgan.data.shards import read_images
     from acgan.evaluate_judge import train_judge
+    from acgan.kfp_runtime import TASK_SOURCE, load_config, log_figures
     from acgan.metrics.judge import holdout_mask, load_judge
+    from acgan.tracking import make_tracker
 
     cfg = load_config(config)
-    res = train_judge(
-        cfg, Path(data.path), Path(judge.path), make_tracker(cfg), parent_run_id=parent_run_id
-    )
+    tracker = make_tracker(cfg.tracking, *TASK_SOURCE)
+    res = train_judge(cfg, Path(data.path), Path(judge.path), tracker, parent_run_id=parent_run_id)
     figures = {f"accuracy_{name}": v for name, v in res.per_class_accuracy.items()}
     log_figures(metrics, {"real_accuracy": res.real_accuracy, **figures})
     judge.metadata.update({"kind": res.kind, "real_accuracy": res.real_accuracy})
@@ -49,7 +43,7 @@ def judge(
     confusion.log_confusion_matrix(list(net.class_names), matrix.tolist())
 
 
-@component(load_config, make_tracker, log_figures, inline_images, absolute_manifest, gpu=True)
+@component(gpu=True)
 def evaluate(
     config: str,
     parent_run_id: str,
@@ -62,25 +56,26 @@ def evaluate(
     metrics: Output[Metrics],
 ) -> bool:
     """Returns whether the evaluation gate passed (the pipeline registers only then)."""
-    import tempfile
+    import shutil
     from pathlib import Path
 
     from acgan.evaluate import evaluate as run_evaluate
+    from acgan.kfp_runtime import TASK_SOURCE, load_config, log_figures
+    from acgan.tracking import make_tracker
 
     cfg = load_config(config)
-    out = Path(eval_dir.path)
     result = run_evaluate(
         cfg,
         Path(data.path),
         Path(splits.path),
-        Path(absolute_manifest(ensemble.path, tempfile.mkdtemp())),
+        Path(ensemble.path),  # its ensemble.json lists the members relative to itself
         Path(judge.path),
-        out,
-        make_tracker(cfg),
+        Path(eval_dir.path),
+        make_tracker(cfg.tracking, *TASK_SOURCE),
         parent_run_id=parent_run_id,
     )
     passed = bool(result.gate["passed"])
     log_figures(metrics, {**result.metrics, "gate_passed": float(passed)})
     eval_dir.metadata.update({"gate": result.gate})
-    Path(report.path).write_text(inline_images(result.report.read_text(), str(out)))
+    shutil.copyfile(result.report, report.path)  # one file: its pictures are inline
     return passed

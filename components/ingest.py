@@ -1,16 +1,19 @@
 """Ingest: the pipeline's first task. Builds the configuration from the pipeline parameters,
 reads the source into Parquet shards, and opens the MLflow parent run that every later task
-logs under (its id is passed down, so a cluster run and a local run look the same)."""
+logs under (its id is passed down, so a cluster run and a local run look the same).
+
+Its inputs are the configuration parameters of :data:`acgan.kfp_runtime.PARAMETERS` (a test
+keeps the two equal; KFP reads a component's signature from its source, so it is written out).
+"""
 
 from typing import NamedTuple
 
 from kfp.dsl import Dataset, Output
 
-from components._runtime import build_config, config_keys, make_tracker
 from components.common import component
 
 
-@component(config_keys, build_config, make_tracker)
+@component()
 def ingest(
     source: str,
     data_root: str,
@@ -25,6 +28,7 @@ def ingest(
     overrides: list,
     data: Output[Dataset],
 ) -> NamedTuple("IngestOutputs", [("config", str), ("parent_run_id", str)]):
+    params = {k: v for k, v in locals().items() if k != "data"}  # the parameters, by name
     import json
     import os
     from collections import namedtuple
@@ -33,21 +37,10 @@ def ingest(
     from acgan.config import replace
     from acgan.data.ingest import ingest as run_ingest
     from acgan.data.splits import plan_splits
+    from acgan.kfp_runtime import TASK_SOURCE, build_config
     from acgan.lineage import open_pipeline_run
+    from acgan.tracking import make_tracker
 
-    params = {
-        "source": source,
-        "data_root": data_root,
-        "resolution": resolution,
-        "classes_per_split": classes_per_split,
-        "steps": steps,
-        "batch_size": batch_size,
-        "seed": seed,
-        "tracking_uri": tracking_uri,
-        "experiment": experiment,
-        "model_name": model_name,
-        "overrides": overrides,
-    }
     cfg = build_config(params, dict(os.environ))
     manifest = run_ingest(cfg.data, Path(data.path))
     # split.ids names the splits DVC trains; here the plan itself decides them, and they
@@ -55,7 +48,8 @@ def ingest(
     # A too-large classes_per_split fails here, before anything trains.
     ids = [s.id for s in plan_splits(manifest.class_names, cfg.split)]
     cfg = replace(cfg, split={"ids": ids})
-    parent = open_pipeline_run(make_tracker(cfg), cfg, manifest.content_hash)
+    tracker = make_tracker(cfg.tracking, *TASK_SOURCE)
+    parent = open_pipeline_run(tracker, cfg, manifest.content_hash)
     data.metadata.update(
         {
             "images": manifest.total,

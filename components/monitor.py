@@ -1,29 +1,13 @@
 """Monitor: judge every split's collapse history, retrain or drop collapsed splits as
 configured, and pack the surviving generators into one self-contained ensemble ``Model``
-artifact (its ``ensemble.json`` lists them by relative path)."""
+artifact (its ``ensemble.json`` lists them relative to itself)."""
 
 from kfp.dsl import HTML, Artifact, Dataset, Input, Metrics, Model, Output
 
-from components._runtime import (
-    inline_images,
-    load_config,
-    log_figures,
-    make_tracker,
-    models_root,
-    pack_ensemble,
-)
 from components.common import component
 
 
-@component(
-    load_config,
-    make_tracker,
-    log_figures,
-    inline_images,
-    models_root,
-    pack_ensemble,
-    gpu=True,  # a collapsed split may be retrained here (monitor.retrain_collapsed)
-)
+@component(gpu=True)  # a collapsed split may be retrained here (monitor.retrain_collapsed)
 def monitor(
     config: str,
     parent_run_id: str,
@@ -35,27 +19,30 @@ def monitor(
     report: Output[HTML],
     metrics: Output[Metrics],
 ):
+    import shutil
     import tempfile
     from pathlib import Path
 
+    from acgan.kfp_runtime import TASK_SOURCE, load_config, log_figures, models_root, pack_ensemble
     from acgan.monitor import run_monitor
     from acgan.monitor.detector import COLLAPSED
+    from acgan.tracking import make_tracker
 
     cfg = load_config(config)
     # The trainers' outputs sit wherever KFP staged each artifact; the monitor reads the
     # models/split_<id> layout of a DVC run, so lay them out that way (symlinks).
-    root = models_root(models, tempfile.mkdtemp(prefix="acgan-models-"))
+    root = models_root([m.path for m in models], tempfile.mkdtemp(prefix="acgan-models-"))
     out = Path(monitor_dir.path)
     result = run_monitor(
         cfg,
         Path(splits.path),
-        Path(root),
+        root,
         out,
-        make_tracker(cfg),
+        make_tracker(cfg.tracking, *TASK_SOURCE),
         parent_run_id=parent_run_id,
         checkpoint_root=Path(checkpoint_root),
     )
-    members = pack_ensemble(str(result.manifest), [root, str(out)], ensemble.path)
+    members = pack_ensemble(result.manifest, ensemble.path)
     ensemble.metadata["splits"] = [int(m["split_id"]) for m in members]
     statuses = [rec["status"] for rec in result.splits.values()]
     figures = {
@@ -65,5 +52,4 @@ def monitor(
         "splits_collapsed": statuses.count(COLLAPSED),
     }
     log_figures(metrics, figures)
-    html = inline_images((out / "report.html").read_text(), str(out))
-    Path(report.path).write_text(html)
+    shutil.copyfile(out / "report.html", report.path)  # one file: its plots are inline

@@ -3,11 +3,10 @@ when the evaluation gate passed); promotion to ``@champion`` is the registry's d
 
 from kfp.dsl import Artifact, Dataset, Input, Model, Output
 
-from components._runtime import absolute_manifest, load_config, make_tracker
 from components.common import component
 
 
-@component(load_config, make_tracker, absolute_manifest)
+@component()
 def register(
     config: str,
     parent_run_id: str,
@@ -18,19 +17,19 @@ def register(
     registration: Output[Artifact],
 ) -> str:
     """Returns the new version's ``models:/NAME/VERSION`` ("" when registration is off)."""
-    import tempfile
     from pathlib import Path
 
+    from acgan.kfp_runtime import TASK_SOURCE, load_config
     from acgan.registry.register import register as run_register
+    from acgan.tracking import make_tracker
 
     cfg = load_config(config)
-    out = Path(registration.path)
     result = run_register(
         cfg,
-        Path(absolute_manifest(ensemble.path, tempfile.mkdtemp())),
+        Path(ensemble.path),  # its ensemble.json lists the members relative to itself
         Path(data.path),
-        out,
-        make_tracker(cfg),
+        Path(registration.path),
+        make_tracker(cfg.tracking, *TASK_SOURCE),
         monitor_dir=Path(monitor_report.path),
         eval_dir=Path(eval_report.path),
         parent_run_id=parent_run_id,

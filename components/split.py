@@ -3,11 +3,10 @@ return the split plan that the pipeline's ``ParallelFor`` fans out over."""
 
 from kfp.dsl import Dataset, Input, Metrics, Output
 
-from components._runtime import load_config, log_figures
 from components.common import component
 
 
-@component(load_config, log_figures)
+@component()
 def split(
     config: str,
     parent_run_id: str,
@@ -18,14 +17,12 @@ def split(
     from pathlib import Path
 
     from acgan.data.splits import make_splits
+    from acgan.kfp_runtime import load_config, log_figures
 
     cfg = load_config(config)
     plan = make_splits(Path(data.path), Path(splits.path), cfg)
     names = plan.class_names
-    log_figures(
-        reference,
-        {f"real_msssim_{names[c]}": v for c, v in plan.reference_msssim.items()},
-    )
+    log_figures(reference, {f"real_msssim_{names[c]}": v for c, v in plan.reference_msssim.items()})
     splits.metadata.update({"splits": len(plan.splits), "data_hash": plan.data_hash})
     # One item per split. The config and the parent run id ride along in each item: every
     # training task gets them as plain parameters (kfp.local replaces upstream task outputs

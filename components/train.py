@@ -3,11 +3,10 @@
 
 from kfp.dsl import HTML, Dataset, Input, Metrics, Model, Output
 
-from components._runtime import image_page, load_config, log_figures, make_tracker
 from components.common import component
 
 
-@component(load_config, make_tracker, log_figures, image_page, gpu=True)
+@component(gpu=True)
 def train(
     split_id: int,
     parent_run_id: str,
@@ -20,6 +19,9 @@ def train(
 ):
     from pathlib import Path
 
+    from acgan.html import figure, page
+    from acgan.kfp_runtime import TASK_SOURCE, load_config, log_figures
+    from acgan.tracking import make_tracker
     from acgan.train import train_split_with_monitor
 
     cfg = load_config(config)
@@ -29,7 +31,7 @@ def train(
         Path(splits.path),
         Path(model.path),
         Path(checkpoint_root),
-        make_tracker(cfg),
+        make_tracker(cfg.tracking, *TASK_SOURCE),
         parent_run_id=parent_run_id,
     )
     log_figures(metrics, res.metrics)
@@ -42,13 +44,7 @@ def train(
             "mlflow_run_id": res.run_id,
         }
     )
-    page = image_page(
-        f"split {split_id}: samples after {res.step} steps",
-        [
-            (
-                "one row per class, the same noise in every column",
-                str(Path(model.path) / "samples.png"),
-            )
-        ],
-    )
-    Path(samples.path).write_text(page)
+    title = f"split {split_id}: samples after {res.step} steps"
+    caption = "one row per class, the same noise in every column"
+    grid = figure(caption, Path(model.path) / "samples.png")
+    Path(samples.path).write_text(page(title, f"<h2>{title}</h2>{grid}"))

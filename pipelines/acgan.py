@@ -1,9 +1,11 @@
 """The Kubeflow pipeline: ingest -> split -> train (one GPU pod per split) -> monitor ->
 evaluate -> (gate passed) register.
 
-``python -m pipelines.acgan`` compiles it to ``pipelines/acgan.yaml`` (committed; a test keeps
-it in sync); ``python -m pipelines.acgan --local`` runs the whole DAG on this machine through
-``kfp.local``; ``acgan submit`` sends the compiled file to a cluster.
+``acgan compile`` compiles it to ``pipelines/acgan.yaml`` (committed; a test keeps it in
+sync); ``python -m pipelines.acgan --local`` runs the whole DAG on this machine through
+``kfp.local``; ``acgan submit`` sends the compiled file to a cluster. The pipeline's
+parameters (names, types, defaults, help) come from one table,
+:data:`acgan.kfp_runtime.PARAMETERS`, which ``acgan submit`` also reads.
 
 The split plan is only known after the split task, so the training fan-out is a
 ``dsl.ParallelFor`` over that task's output. Its ``parallelism`` is fixed when the pipeline is
@@ -12,6 +14,7 @@ compiled (KFP 2.17 rejects a pipeline parameter there): ``acgan compile --parall
 
 # No `from __future__ import annotations`: KFP reads the pipeline signature's real types.
 import argparse
+import inspect
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -19,6 +22,7 @@ from typing import Any
 
 from kfp import compiler, dsl, kubernetes
 
+from acgan.kfp_runtime import CONFIG_PARAMETERS, PARAMETERS, VOLUME_MOUNT
 from components.evaluate import evaluate as evaluate_op
 from components.evaluate import judge as judge_op
 from components.ingest import ingest as ingest_op
@@ -34,7 +38,6 @@ DEFAULT_PARALLELISM = 8
 # Requests of the GPU tasks. Constants: KFP 2.17 compiles a resource request that is a
 # pipeline parameter inside a ParallelFor without passing the parameter into the loop.
 GPU_TASK_CPU, GPU_TASK_MEMORY = "4", "16G"
-VOLUME_MOUNT = "/mnt/acgan"  # the PVC that holds checkpoints (and data for imagefolder)
 
 # Credentials reach the pods from Kubernetes secrets; every key is optional, so a cluster
 # with an unauthenticated MLflow or IAM-based S3 access needs neither secret.
@@ -73,68 +76,49 @@ def _resources(task: dsl.PipelineTask, cpu: Any, memory: Any) -> dsl.PipelineTas
     return task.set_cpu_request(cpu).set_memory_request(memory).set_caching_options(True)
 
 
+DESCRIPTION = (
+    "Class-split AC-GAN ensemble (Odena et al. 2017): ingest, split the classes, "
+    "train one AC-GAN per split on its own GPU pod, monitor collapse, evaluate, "
+    "register the ensemble in MLflow when the gate passes."
+)
+SIGNATURE = inspect.Signature(
+    [
+        inspect.Parameter(
+            p.name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=p.default, annotation=p.type
+        )
+        for p in PARAMETERS
+    ],
+    return_annotation=None,
+)
+DOC = f"{DESCRIPTION}\n\nArgs:\n" + "".join(f"    {p.name}: {p.help}\n" for p in PARAMETERS)
+
+
 def build_pipeline(parallelism: int = DEFAULT_PARALLELISM) -> Callable[..., Any]:
     """The pipeline function, with ``parallelism`` training pods at a time (0: unbounded)."""
     if parallelism < 0:
         raise ValueError(f"parallelism: {parallelism} is negative; use 0 (unbounded) or more")
 
-    @dsl.pipeline(
-        name=PIPELINE_NAME,
-        description=(
-            "Class-split AC-GAN ensemble (Odena et al. 2017): ingest, split the classes, "
-            "train one AC-GAN per split on its own GPU pod, monitor collapse, evaluate, "
-            "register the ensemble in MLflow when the gate passes."
-        ),
-    )
-    def acgan(
-        source: str = "synthetic",
-        data_root: str = f"{VOLUME_MOUNT}/data",
-        resolution: int = 32,
-        classes_per_split: int = 5,
-        steps: int = 400,
-        batch_size: int = 64,
-        seed: int = 0,
-        tracking_uri: str = "",  # "": MLFLOW_TRACKING_URI from the acgan-mlflow secret
-        experiment: str = "acgan",
-        model_name: str = "",
-        overrides: list = [],  # noqa: B006 - KFP reads the default; "section.key=value" items
-        checkpoint_root: str = f"{VOLUME_MOUNT}/checkpoints",
-        volume_pvc: str = "acgan-data",
-        mlflow_secret: str = "acgan-mlflow",
-        s3_secret: str = "acgan-s3",
-        gpu_node_selector: dict = {"nvidia.com/gpu.present": "true"},  # noqa: B006
-        gpu_tolerations: list = [],  # noqa: B006 - besides the standard nvidia.com/gpu one
-    ) -> None:
+    def acgan(*args: Any, **kwargs: Any) -> None:
+        p = SIGNATURE.bind(*args, **kwargs).arguments  # KFP passes every parameter
+
         def steps_task(task: dsl.PipelineTask, name: str) -> None:
             _resources(task, "1", "4G").set_display_name(name)
-            _credentials(task, mlflow_secret, s3_secret)
+            _credentials(task, p["mlflow_secret"], p["s3_secret"])
 
         def gpu_task(task: dsl.PipelineTask, name: str) -> None:
             _resources(task, GPU_TASK_CPU, GPU_TASK_MEMORY).set_display_name(name)
             task.set_memory_limit(GPU_TASK_MEMORY)
-            _credentials(task, mlflow_secret, s3_secret)
-            _on_gpu_node(task, gpu_node_selector, gpu_tolerations)
+            _credentials(task, p["mlflow_secret"], p["s3_secret"])
+            _on_gpu_node(task, p["gpu_node_selector"], p["gpu_tolerations"])
 
-        ingest = ingest_op(
-            source=source,
-            data_root=data_root,
-            resolution=resolution,
-            classes_per_split=classes_per_split,
-            steps=steps,
-            batch_size=batch_size,
-            seed=seed,
-            tracking_uri=tracking_uri,
-            experiment=experiment,
-            model_name=model_name,
-            overrides=overrides,
-        )
+        ingest = ingest_op(**{name: p[name] for name in CONFIG_PARAMETERS})
         steps_task(ingest, "ingest")
         # Tells the ingest task it runs in a cluster pod (where a local MLflow store is an
         # error); a platform setting, so kfp.local does not set it.
         kubernetes.use_field_path_as_env(
             ingest, env_name="ACGAN_POD_NAME", field_path="metadata.name"
         )
-        kubernetes.mount_pvc(ingest, pvc_name=volume_pvc, mount_path=VOLUME_MOUNT)
+        kubernetes.mount_pvc(ingest, pvc_name=p["volume_pvc"], mount_path=VOLUME_MOUNT)
         config, parent = ingest.outputs["config"], ingest.outputs["parent_run_id"]
 
         split = split_op(config=config, parent_run_id=parent, data=ingest.outputs["data"])
@@ -151,25 +135,25 @@ def build_pipeline(parallelism: int = DEFAULT_PARALLELISM) -> Callable[..., Any]
                 split_id=item.split_id,
                 parent_run_id=item.parent_run_id,
                 config=item.config,
-                checkpoint_root=checkpoint_root,
+                checkpoint_root=p["checkpoint_root"],
                 splits=split.outputs["splits"],
             )
             gpu_task(train, "train split")
             # A preempted or crashed pod comes back and resumes from its last checkpoint on
             # the volume (the trainer checkpoints every train.checkpoint_every steps).
             train.set_retry(num_retries=3, backoff_duration="60s", backoff_factor=2)
-            kubernetes.mount_pvc(train, pvc_name=volume_pvc, mount_path=VOLUME_MOUNT)
+            kubernetes.mount_pvc(train, pvc_name=p["volume_pvc"], mount_path=VOLUME_MOUNT)
 
         monitor = monitor_op(
             config=config,
             parent_run_id=parent,
-            checkpoint_root=checkpoint_root,
+            checkpoint_root=p["checkpoint_root"],
             splits=split.outputs["splits"],
             models=dsl.Collected(train.outputs["model"]),
         )
         # On a GPU node: a collapsed split is retrained here (monitor.retrain_collapsed).
         gpu_task(monitor, "collapse monitor")
-        kubernetes.mount_pvc(monitor, pvc_name=volume_pvc, mount_path=VOLUME_MOUNT)
+        kubernetes.mount_pvc(monitor, pvc_name=p["volume_pvc"], mount_path=VOLUME_MOUNT)
 
         evaluate = evaluate_op(
             config=config,
@@ -196,7 +180,11 @@ def build_pipeline(parallelism: int = DEFAULT_PARALLELISM) -> Callable[..., Any]
             # Registering twice is harmless, but a cached skip would hide a lost version.
             register.set_caching_options(False)
 
-    return acgan
+    # What KFP reads (before it wraps the function): the parameters from the table, and each
+    # one's help as its description (the docstring's "Args:").
+    acgan.__signature__ = SIGNATURE  # type: ignore[attr-defined]
+    acgan.__doc__ = DOC
+    return dsl.pipeline(name=PIPELINE_NAME, description=DESCRIPTION)(acgan)
 
 
 acgan_pipeline = build_pipeline()
@@ -213,50 +201,50 @@ def compile_pipeline(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m pipelines.acgan --local``: the whole DAG on this machine (kfp.local).
+    Without ``--local`` it is an alias of ``acgan compile`` (same options), the one way to
+    compile the pipeline."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if "--local" not in args:
+        from acgan.cli import main as acgan
+
+        acgan(["compile", *args])
+        return 0
     parser = argparse.ArgumentParser(
         prog="python -m pipelines.acgan",
-        description="Compile the Kubeflow pipeline, or run it on this machine with kfp.local.",
-        epilog="examples:\n  python -m pipelines.acgan\n"
+        description="Run the Kubeflow pipeline on this machine with kfp.local "
+        "(without --local: `acgan compile`).",
+        epilog="example:\n"
         "  python -m pipelines.acgan --local --param steps=50 --param overrides="
         "'[\"data.synthetic_per_class=40\"]'",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument(
-        "--out", default=str(DEFAULT_YAML), help="compiled YAML (default: %(default)s)"
-    )
+    parser.add_argument("--local", action="store_true", required=True, help="run the DAG here")
     parser.add_argument(
         "--parallelism",
         type=int,
         default=DEFAULT_PARALLELISM,
-        help="training pods at a time (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--local",
-        action="store_true",
-        help="run the whole DAG here (kfp.local, one process per task)",
+        help="training tasks at a time (default: %(default)s)",
     )
     parser.add_argument(
         "--root",
         default="kfp_outputs",
-        help="--local: where task outputs, checkpoints and mlflow.db go (default: %(default)s)",
+        help="where task outputs, checkpoints and mlflow.db go (default: %(default)s)",
     )
     parser.add_argument(
         "--param",
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="--local: a pipeline parameter (repeatable)",
+        help="a pipeline parameter (repeatable; `acgan submit --help` lists them)",
     )
-    args = parser.parse_args(argv)
-    if not args.local:
-        print(f"compiled -> {compile_pipeline(args.out, args.parallelism)}")
-        return 0
+    args_ns = parser.parse_args(args)
     from acgan.errors import AcganError
     from pipelines.local import run_local
     from pipelines.submit import parse_params
 
     try:
-        result = run_local(Path(args.root), parse_params(args.param), args.parallelism)
+        result = run_local(Path(args_ns.root), parse_params(args_ns.param), args_ns.parallelism)
     except AcganError as exc:
         print(f"acgan: error: {exc}", file=sys.stderr)
         return 2

@@ -18,8 +18,8 @@ from typing import Any
 
 import yaml
 
-from acgan.checkpoint import one_line
-from acgan.errors import AcganError
+from acgan.errors import AcganError, one_line
+from acgan.kfp_runtime import PARAMETERS, build_config, config_keys
 
 DEFAULT_PACKAGE = Path(__file__).with_name("acgan.yaml")
 
@@ -135,13 +135,13 @@ def check_config(arguments: Mapping[str, Any]) -> Any:
     """Build the run's ``acgan`` configuration from the pipeline arguments exactly as the
     ingest task will (same function), so a bad value fails here rather than in the cluster."""
     from acgan.data import synthetic
-    from components._runtime import build_config, config_keys
 
     values = dict(arguments)
-    for int_key in ("resolution", "classes_per_split", "steps", "batch_size", "seed"):
+    for p in PARAMETERS:
         # The IR stores integer defaults as YAML numbers that may come back as floats.
-        if isinstance(values.get(int_key), float) and values[int_key].is_integer():
-            values[int_key] = int(values[int_key])
+        value = values.get(p.name)
+        if p.type is int and isinstance(value, float) and value.is_integer():
+            values[p.name] = int(value)
     try:
         cfg = build_config(values, dict(os.environ))
     except AcganError as exc:

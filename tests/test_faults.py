@@ -237,7 +237,7 @@ def _register_project(stack: Stack, root: Path) -> None:
         shutil.copytree(d, root / "models" / d.name)
     write_manifest(
         root / "reports" / "monitor",
-        [{"split_id": i, "model_dir": f"models/split_{i}"} for i in range(2)],
+        [{"split_id": i, "model_dir": root / "models" / f"split_{i}"} for i in range(2)],
     )
     write_params(
         root,

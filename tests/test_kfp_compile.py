@@ -16,9 +16,9 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 
+from acgan import kfp_runtime as rt  # noqa: E402
 from acgan.cli import main  # noqa: E402
 from acgan.errors import ConfigError  # noqa: E402
-from components import _runtime as rt  # noqa: E402
 from components.images import STEP_IMAGE, TRAINER_IMAGE  # noqa: E402
 from pipelines import acgan as pipeline  # noqa: E402
 from pipelines import submit as sub  # noqa: E402
@@ -43,7 +43,7 @@ def compiled(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], 
 def test_committed_yaml_is_in_sync(compiled: tuple[dict[str, Any], dict[str, Any]]) -> None:
     committed = _docs(pipeline.DEFAULT_YAML)
     assert committed == list(compiled), (
-        "pipelines/acgan.yaml is stale: run `python -m pipelines.acgan` and commit it"
+        "pipelines/acgan.yaml is stale: run `acgan compile` and commit it"
     )
 
 
@@ -111,12 +111,34 @@ def test_images_and_no_runtime_install(compiled: tuple[dict[str, Any], dict[str,
         assert "pip install" not in script  # the images already hold acgan and kfp
 
 
-def test_pipeline_parameters_cover_the_knobs(compiled: tuple[dict[str, Any], Any]) -> None:
-    params = compiled[0]["root"]["inputDefinitions"]["parameters"]
+def test_pipeline_parameters_come_from_the_table(compiled: tuple[dict[str, Any], Any]) -> None:
+    spec = compiled[0]
+    params = spec["root"]["inputDefinitions"]["parameters"]
+    kinds = {str: "STRING", int: "NUMBER_INTEGER", list: "LIST", dict: "STRUCT"}
+    assert list(params) == sorted(p.name for p in rt.PARAMETERS)
+    for p in rt.PARAMETERS:
+        assert params[p.name]["parameterType"] == kinds[p.type], p.name
+        assert params[p.name]["defaultValue"] == p.default, p.name
+        assert params[p.name]["description"] == p.help, p.name
+    # as users know them
+    assert params["steps"]["defaultValue"] == 400
+    assert params["source"]["defaultValue"] == "synthetic"
     knobs = set(rt.config_keys()) | {"overrides", "checkpoint_root", "gpu_node_selector"}
     assert knobs <= set(params)
-    assert params["steps"]["parameterType"] == "NUMBER_INTEGER"
-    assert params["overrides"]["parameterType"] == "LIST"
+    # the ingest task takes the configuration parameters, by the same names
+    ingest = spec["components"]["comp-ingest"]["inputDefinitions"]["parameters"]
+    assert set(ingest) == set(rt.CONFIG_PARAMETERS)
+    passed = spec["root"]["dag"]["tasks"]["ingest"]["inputs"]["parameters"]
+    assert {n: v["componentInputParameter"] for n, v in passed.items()} == {
+        n: n for n in rt.CONFIG_PARAMETERS
+    }
+
+
+def test_submit_help_lists_the_parameters(capsys: pytest.CaptureFixture[str]) -> None:
+    main(["submit", "--help"])
+    lines = capsys.readouterr().out.splitlines()
+    for p in rt.PARAMETERS:
+        assert any(line.split()[:2] == [p.name, p.type.__name__] for line in lines if line), p.name
 
 
 def test_parallelism_is_fixed_at_compile_time(tmp_path: Path) -> None:

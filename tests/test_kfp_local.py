@@ -11,7 +11,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
-from components import _runtime as rt  # noqa: E402
+from acgan import kfp_runtime as rt  # noqa: E402
 from pipelines.local import LocalRun, run_local, task_threads  # noqa: E402
 from pipelines.submit import SubmitError  # noqa: E402
 
@@ -100,7 +100,7 @@ def test_monitor_and_evaluation_figures(local_run: LocalRun) -> None:
     assert "data:image/png;base64," in (monitor / "report").read_text()
     # the ensemble artifact is self-contained: its manifest resolves inside it
     ens_dir = monitor / "ensemble"
-    ensemble = Ensemble.load(read_manifest(ens_dir / "ensemble.json", base=ens_dir))
+    ensemble = Ensemble.load(read_manifest(ens_dir / "ensemble.json"))
     assert ensemble.classes == list(range(10))
     assert _artifact_metadata(monitor, "metrics")["ensemble_members"] == 2.0
 
@@ -151,10 +151,36 @@ def test_bad_parameters_stop_before_any_task(tmp_path: Path) -> None:
     assert not (tmp_path / "outputs").exists()
 
 
-# --- the helpers every component embeds ---
+# --- the glue the components import (acgan.kfp_runtime) and manifest paths ---
 
 
-def test_pack_ensemble_and_absolute_manifest(tmp_path: Path) -> None:
+def test_manifest_paths_resolve_relative_to_the_manifest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from acgan.models.ensemble import read_manifest, write_manifest
+
+    monkeypatch.chdir(tmp_path)  # as dvc runs the stages: relative paths
+    (tmp_path / "models" / "split_3").mkdir(parents=True)
+    manifest = write_manifest(
+        Path("reports/monitor/ensemble.json"),
+        [{"split_id": 3, "model_dir": "models/split_3", "status": "healthy"}],
+    )
+    raw = json.loads(manifest.read_text())
+    assert raw["members"][0]["model_dir"] == "../../models/split_3"
+    assert read_manifest(manifest) == [Path("models/split_3")]
+    # from any other directory, and after the tree moved as a whole
+    monkeypatch.chdir(tmp_path / "models")
+    assert read_manifest(tmp_path / manifest) == [tmp_path / "models/split_3"]
+    moved = tmp_path.parent / f"{tmp_path.name}-moved"
+    tmp_path.rename(moved)
+    assert read_manifest(moved / manifest) == [moved / "models/split_3"]
+    # a manifest written before the rule: its paths are relative to the working directory
+    old = moved / "old.json"
+    old.write_text(json.dumps({"members": [{"split_id": 0, "model_dir": "models/split_0"}]}))
+    assert read_manifest(old) == [Path("models/split_0")]
+
+
+def test_pack_ensemble_is_self_contained(tmp_path: Path) -> None:
     from acgan.models.ensemble import read_manifest, write_manifest
 
     trained = tmp_path / "somewhere" / "split_3"
@@ -162,26 +188,19 @@ def test_pack_ensemble_and_absolute_manifest(tmp_path: Path) -> None:
     (trained / "generator.pt").write_bytes(b"weights")
     manifest = write_manifest(
         tmp_path / "monitor" / "ensemble.json",
-        [{"split_id": 3, "model_dir": "split_3", "status": "healthy"}],
-        [{"split_id": 4, "reason": "collapsed"}],
+        [{"split_id": 3, "model_dir": str(trained), "status": "healthy"}],
+        [{"split_id": 4, "reason": "collapsed", "model_dir": str(tmp_path / "x")}],
     )
     packed = tmp_path / "packed"
-    members = rt.pack_ensemble(str(manifest), [str(tmp_path / "somewhere")], str(packed))
-    assert members == [{"split_id": 3, "model_dir": "split_3", "status": "healthy"}]
+    members = rt.pack_ensemble(manifest, packed)
+    assert [(m["split_id"], m["status"]) for m in members] == [(3, "healthy")]
     assert (packed / "split_3" / "generator.pt").read_bytes() == b"weights"
-    absolute = rt.absolute_manifest(str(packed), str(tmp_path / "abs"))
-    assert read_manifest(absolute) == [packed / "split_3"]
-    assert json.loads(Path(absolute).read_text())["excluded"] == [
-        {"split_id": 4, "reason": "collapsed"}
-    ]
-    with pytest.raises(Exception, match="member directory split_3 not found"):
-        rt.pack_ensemble(str(manifest), [str(tmp_path / "elsewhere")], str(tmp_path / "p2"))
-
-
-def test_inline_images_embeds_local_pngs(tmp_path: Path) -> None:
-    (tmp_path / "plots").mkdir()
-    (tmp_path / "plots" / "a.png").write_bytes(PNG + b"rest")
-    html = '<img src="plots/a.png"><img src="plots/missing.png"><img src="http://x/y.png">'
-    out = rt.inline_images(html, str(tmp_path))
-    assert out.count("data:image/png;base64,") == 1
-    assert 'src="plots/missing.png"' in out and 'src="http://x/y.png"' in out
+    raw = json.loads((packed / "ensemble.json").read_text())
+    assert raw["members"][0]["model_dir"] == "split_3"  # inside the artifact
+    assert raw["excluded"] == [{"split_id": 4, "reason": "collapsed"}]
+    elsewhere = tmp_path / "staged"  # wherever KFP stages the artifact for the next task
+    packed.rename(elsewhere)
+    assert read_manifest(elsewhere / "ensemble.json") == [elsewhere / "split_3"]
+    trained.rename(tmp_path / "gone")
+    with pytest.raises(Exception, match="member directory .*split_3 not found"):
+        rt.pack_ensemble(manifest, tmp_path / "p2")

@@ -349,7 +349,7 @@ def test_run_monitor_excludes_then_retrains_a_collapsed_split(
     assert s1["status"] in (HEALTHY, NOT_CONVERGED) and not s1["collapsed_classes"]
     assert s1["excess"] < s0["excess"]
     assert doc["excluded"][0]["split_id"] == 0 and "collapsed" in doc["excluded"][0]["reason"]
-    assert read_manifest(out / "ensemble.json") == [Path("models/split_1")]
+    assert read_manifest(out / "ensemble.json") == [tmp_path / "models/split_1"]
     assert [e["split_id"] for e in res.excluded] == [0]
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") == 2 and "Excluded from the ensemble" in html
@@ -368,8 +368,8 @@ def test_run_monitor_excludes_then_retrains_a_collapsed_split(
     out2 = tmp_path / "reports/monitor2"
     assert not res2.excluded
     assert read_manifest(out2 / "ensemble.json") == [
-        Path("reports/monitor2/retrained/split_0"),
-        Path("models/split_1"),
+        tmp_path / "reports/monitor2/retrained/split_0",
+        tmp_path / "models/split_1",
     ]
     retrained = json.loads((out2 / "retrained/split_0/train.json").read_text())
     assert (

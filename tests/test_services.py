@@ -14,7 +14,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -166,7 +166,6 @@ def test_rest_api_shows_what_the_ui_pages_show(
     """The pages of docs/user-guide.md, through the REST API the UI reads: the pipeline's
     parent run FINISHED with the headline figures, the version and its logged model linked
     both ways, the aliases, the runs' source and the experiment's model-training view."""
-    from acgan.lineage import source_tags
     from acgan.registry.register import register
     from acgan.tracking import make_tracker
 
@@ -175,7 +174,7 @@ def test_rest_api_shows_what_the_ui_pages_show(
     )
     # 0.75: above the champion of the test before, below the outage test's 0.8 after it
     root = make_run(tmp_path / "r", dirs, 0.75, True)
-    tracker = make_tracker(True, cfg.tracking.uri, cfg.tracking.experiment, source_tags("t"))
+    tracker = make_tracker(cfg.tracking, "t")
     res = register(
         cfg, root / "monitor", services.trained.ingested, root / "register", tracker,
         monitor_dir=root / "monitor", eval_dir=root / "eval",
@@ -241,7 +240,7 @@ def test_outages_fail_cleanly_and_leave_no_version(
     # the MLflow server itself unreachable: one clear line, nothing written
     dead = load(None, [*SMALL_OVERRIDES, "tracking.uri=http://127.0.0.1:9"])
     with pytest.raises(AcganError, match=r"http://127.0.0.1:9"):
-        tracker = make_tracker(True, dead.tracking.uri, dead.tracking.experiment, deadline_s=3.0)
+        tracker = make_tracker(replace(dead.tracking, enabled=True, deadline_s=3.0))
         register(dead, root / "monitor", services.trained.ingested, root / "register", tracker)
     assert not (root / "register").exists()
 

@@ -200,6 +200,7 @@ def test_tracking_parent_and_child_runs(
     """Against a real sqlite MLflow store: one parent, one child per split, curves + grids."""
     from mlflow.tracking import MlflowClient
 
+    from acgan.config import TrackingConfig
     from acgan.tracking import make_tracker
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -213,7 +214,7 @@ def test_tracking_parent_and_child_runs(
     old = os.getcwd()
     os.chdir(tmp_path)  # the embedded store keeps artifacts under ./mlruns
     try:
-        tracker = make_tracker(True, uri, "acgan-test")
+        tracker = make_tracker(TrackingConfig(uri=uri, experiment="acgan-test"))
         runs = [
             train_split(
                 cfg,

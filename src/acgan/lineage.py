@@ -6,9 +6,6 @@ fields, and logs them to the pipeline's MLflow run, so any artifact can be trace
 
 from __future__ import annotations
 
-import contextlib
-import getpass
-import subprocess
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -16,7 +13,9 @@ from typing import Any
 from acgan import __version__
 from acgan.checkpoint import atomic_write_json
 from acgan.config import Config
-from acgan.tracking import Run, Tracker
+
+# git_commit lives with the tracker factory (it tags every run); the stages import it here
+from acgan.tracking import Run, Tracker, git_commit
 
 # Sections that define the trained ensemble: one MLflow parent run per distinct combination.
 ENSEMBLE_SECTIONS = ("data", "split", "model", "train", "monitor")
@@ -29,29 +28,6 @@ EXECUTION_KEYS = (
     "train.keep_checkpoints",
     "train.pack",
 )
-
-
-def git_commit(cwd: str | Path | None = None) -> str | None:
-    """The commit of the working tree (``+dirty`` when it has changes), or None outside git."""
-    try:
-        sha = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=cwd,
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=cwd,
-            capture_output=True,
-            text=True,
-            timeout=10,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return f"{sha}+dirty" if dirty else sha
 
 
 def pipeline_key(cfg: Config, data_hash: str) -> str:
@@ -76,19 +52,6 @@ def write_stage_config(
     record = stage_record(cfg, stage, data_hash, **extra)
     atomic_write_json(Path(out_dir) / "config.json", record)
     return record
-
-
-def source_tags(command: str, kind: str = "LOCAL") -> dict[str, str]:
-    """MLflow's own source tags for every run a command creates: the UI shows them as the
-    run's "Source" (the command), its git commit and who ran it."""
-    tags = {"mlflow.source.name": command, "mlflow.source.type": kind}
-    # the UI's "Created by" (a container's uid may have no passwd entry: then no user)
-    with contextlib.suppress(KeyError, OSError):
-        tags["mlflow.user"] = getpass.getuser()
-    commit = git_commit()
-    if commit:
-        tags["mlflow.source.git.commit"] = commit
-    return tags
 
 
 def finish_pipeline_run(

@@ -22,8 +22,6 @@ import warnings
 
 import torch
 from torch import Tensor, nn
-from torchmetrics.image.fid import FrechetInceptionDistance
-from torchmetrics.image.inception import InceptionScore
 
 IS_SPLITS = 10
 
@@ -46,6 +44,9 @@ def frechet_distance(real: Tensor, fake: Tensor) -> float:
         raise ValueError(f"FID needs (N, D) feature sets, got {tuple(real.shape)}, {fake.shape}")
     if len(real) < 2 or len(fake) < 2:
         raise ValueError(f"FID needs >= 2 images per set, got {len(real)} and {len(fake)}")
+    # imported here (as below): torchmetrics brings matplotlib, scipy and pandas
+    from torchmetrics.image.fid import FrechetInceptionDistance
+
     metric = FrechetInceptionDistance(feature=Precomputed(real.shape[1]))
     metric.update(real.float(), real=True)
     metric.update(fake.float(), real=False)
@@ -64,6 +65,8 @@ def inception_score(logits: Tensor, splits: int = IS_SPLITS, seed: int = 0) -> t
     """Mean and standard deviation over ``splits`` groups (fewer when there are fewer images)."""
     if logits.ndim != 2 or len(logits) < 1:
         raise ValueError(f"the Inception Score needs (N, K) logits, got {tuple(logits.shape)}")
+    from torchmetrics.image.inception import InceptionScore
+
     splits = max(1, min(splits, len(logits)))
     with warnings.catch_warnings():
         # "will save all extracted features in buffer" (that is what we want: N x K floats),

@@ -33,7 +33,6 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 from torch import Tensor
-from torchmetrics.functional.image import multiscale_structural_similarity_index_measure
 
 _DEFAULT_BETAS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
 _KERNEL = 7
@@ -86,6 +85,10 @@ def msssim_pairs(a: Tensor, b: Tensor) -> Tensor:
     scales = _SCALES.get(h)
     if scales is None:
         raise ValueError(f"MS-SSIM is defined here for {sorted(_SCALES)} px, not {h}")
+    # imported here: torchmetrics brings matplotlib, scipy and pandas (~2 s), which the
+    # commands that only import this module (register, ...) do not need
+    from torchmetrics.functional.image import multiscale_structural_similarity_index_measure
+
     betas = _betas(scales)
     out = []
     for start in range(0, n, _CHUNK):

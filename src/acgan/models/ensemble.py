@@ -8,6 +8,7 @@ a member that fails to load is reported by split and file, never papered over.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -220,17 +221,41 @@ class Ensemble:
 # The ensemble manifest: which split directories make up the ensemble (written by the monitor
 # stage after it has dropped or retrained collapsed splits; read by evaluate, register, KFP).
 ENSEMBLE_JSON = "ensemble.json"
+# Marks a manifest whose member paths are relative to the manifest's own directory, so the
+# manifest and its members can move together (a DVC checkout, a KFP artifact) and any working
+# directory reads it. A manifest without it (written before) holds paths relative to the
+# working directory it was written from; those are read as such.
+PATHS_KEY, PATHS_RELATIVE = "paths", "relative to this file"
+
+
+def _manifest_file(path: str | Path) -> Path:
+    path = Path(path)
+    return path / ENSEMBLE_JSON if path.is_dir() or not path.suffix else path
 
 
 def write_manifest(
     path: str | Path, members: Sequence[dict[str, Any]], excluded: Sequence[dict[str, Any]] = ()
 ) -> Path:
     """``members``: ``{"split_id", "model_dir", "status", ...}``; ``excluded``: ``{"split_id",
-    "reason", ...}``. ``model_dir`` is stored as given (relative paths stay relative)."""
-    path = Path(path)
-    if path.is_dir() or not path.suffix:
-        path = path / ENSEMBLE_JSON
-    checkpoint.atomic_write_json(path, {"members": list(members), "excluded": list(excluded)})
+    "reason", ...}``. Each ``model_dir`` (a relative one: relative to the working directory)
+    is stored relative to the manifest's directory, so the manifest reads the same from any
+    working directory and after its tree has moved as a whole."""
+    path = _manifest_file(path)
+    here = path.parent.absolute()
+
+    def rel(entry: dict[str, Any]) -> dict[str, Any]:
+        if entry.get("model_dir") is None:
+            return dict(entry)
+        return {**entry, "model_dir": os.path.relpath(Path(entry["model_dir"]).absolute(), here)}
+
+    checkpoint.atomic_write_json(
+        path,
+        {
+            PATHS_KEY: PATHS_RELATIVE,
+            "members": [rel(m) for m in members],
+            "excluded": [rel(e) for e in excluded],
+        },
+    )
     return path
 
 
@@ -244,9 +269,9 @@ def manifest_hashes(path: str | Path) -> list[str | None]:
     return [m.get("sha256") if isinstance(m.get("sha256"), str) else None for m in members]
 
 
-def read_manifest(path: str | Path, base: str | Path | None = None) -> list[Path]:
-    """The member directories listed in an ensemble manifest (relative to ``base``, default
-    the current directory)."""
+def read_manifest(path: str | Path) -> list[Path]:
+    """The member directories listed in an ensemble manifest, resolved against the manifest's
+    own directory (a manifest written before that rule: against the working directory)."""
     path = Path(path)
     if path.is_dir():
         path = path / ENSEMBLE_JSON
@@ -263,7 +288,10 @@ def read_manifest(path: str | Path, base: str | Path | None = None) -> list[Path
             f"split {e.get('split_id')}: {e.get('reason')}" for e in raw.get("excluded", [])
         )
         raise AcganError(f"{path}: every split was excluded ({excluded}); retrain them")
-    return [d if d.is_absolute() or base is None else Path(base) / d for d in dirs]
+    if raw.get(PATHS_KEY) != PATHS_RELATIVE:
+        return dirs
+    # normpath: "reports/monitor/../../models/split_0" reads as "models/split_0"
+    return [Path(os.path.normpath(path.parent / d)) for d in dirs]
 
 
 def find_split_dirs(root: str | Path, split_ids: Sequence[int]) -> list[Path]:

@@ -1,0 +1,5 @@
+"""``python -m acgan.cli``: the ``acgan`` console script."""
+
+from acgan.cli import main
+
+main()
