@@ -27,7 +27,7 @@ def judge(
     import torch
 
     from acgan.data.shards import read_images
-    from acgan.evaluate_judge import train_judge
+    from acgan.evaluation.judge import train_judge
     from acgan.metrics.judge import holdout_mask, load_judge
 
     cfg = load_config(config)
@@ -65,7 +65,7 @@ def evaluate(
     import tempfile
     from pathlib import Path
 
-    from acgan.evaluate import evaluate as run_evaluate
+    from acgan.evaluation.stage import evaluate as run_evaluate
 
     cfg = load_config(config)
     out = Path(eval_dir.path)

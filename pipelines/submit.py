@@ -18,8 +18,8 @@ from typing import Any
 
 import yaml
 
-from acgan.checkpoint import one_line
 from acgan.errors import AcganError
+from acgan.io import one_line
 
 DEFAULT_PACKAGE = Path(__file__).with_name("acgan.yaml")
 

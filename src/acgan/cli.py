@@ -37,7 +37,7 @@ def _load_config(params: tuple[str, ...], overrides: tuple[str, ...]) -> config_
 def _check_path(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
     """Refuse a path below a file before any work starts (it fails only when the stage comes
     to write, after all its work, with ``NotADirectoryError`` otherwise)."""
-    from acgan.checkpoint import blocked_by_file  # imported here: the CLI loads lazily
+    from acgan.io import blocked_by_file  # imported here: the CLI loads lazily
 
     if value is not None:
         blocker = blocked_by_file(value)
@@ -333,7 +333,7 @@ def judge(cfg: config_mod.Config, data: str, out: str, parent_run_id: str | None
       acgan judge                                    # small CNN, eval.judge_epochs epochs
       acgan judge --set eval.inception_weights=~/inception_v3_google.pth   # never downloads
     """
-    from acgan.evaluate import train_judge
+    from acgan.evaluation.judge import train_judge
 
     res = train_judge(cfg, Path(data), Path(out), make_tracker(cfg), parent_run_id=parent_run_id)
     how = "cached, same data and settings" if res.cached else f"MLflow run {res.run_id}"
@@ -373,7 +373,7 @@ def evaluate_cmd(
       acgan evaluate
       acgan evaluate --set eval.samples_per_class=1000 --set eval.max_fid=50
     """
-    from acgan.evaluate import evaluate
+    from acgan.evaluation.stage import evaluate
 
     res = evaluate(
         cfg,

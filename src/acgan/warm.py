@@ -46,7 +46,7 @@ PRELOAD = (
     "acgan.data.splits",
     "acgan.train",
     "acgan.monitor",
-    "acgan.evaluate",
+    "acgan.evaluation.stage",
     "acgan.registry.register",
     "acgan.registry.generate",
     "acgan.tracking",
