@@ -33,12 +33,6 @@ def default_work() -> Path:
     return Path(tempfile.gettempdir()) / "acgan-bench"
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def machine(device: torch.device) -> str:
     """What the figures were measured on, for the table's title."""
     if device.type == "cuda":

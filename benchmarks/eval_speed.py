@@ -7,7 +7,7 @@
 
 The workspace (ingested synthetic data, two splits of five classes, generators trained for
 ``--train-steps`` steps, a judge) is built once under ``--work`` and reused. Each measured run
-is :func:`acgan.evaluate.evaluate` in a fresh interpreter (tracking disabled, no progress
+is :func:`acgan.evaluation.stage.evaluate` in a fresh interpreter (tracking disabled, no progress
 bars); the table shows its own per-phase timings (``EvalResult.timings``) and the wall time of
 the call, which covers reading the data, sampling, every metric, the grids and the report.
 """
@@ -54,7 +54,7 @@ def prepare(work: Path, args: dict[str, Any]) -> dict[str, Path]:
     from acgan.config import load
     from acgan.data.ingest import ingest
     from acgan.data.splits import make_splits
-    from acgan.evaluate import train_judge
+    from acgan.evaluation.judge import train_judge
     from acgan.models.ensemble import write_manifest
     from acgan.train import train_split
 
@@ -88,7 +88,7 @@ def _measure(args: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     from acgan.config import load
-    from acgan.evaluate import evaluate
+    from acgan.evaluation.stage import evaluate
 
     cfg = load(None, _overrides(args))
     p = {k: Path(v) for k, v in args["paths"].items()}

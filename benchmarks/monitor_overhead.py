@@ -19,9 +19,10 @@ import torch
 
 from acgan.config import load
 from acgan.data.splits import SplitSpec
+from acgan.devices import resolve_device
 from acgan.monitor.detector import sample_msssim
 from acgan.train.loop import SplitData, StepRecipe, train_step
-from acgan.train.state import build_state, resolve_device
+from acgan.train.state import build_state
 
 
 def _sync(device: torch.device) -> None:

@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from acgan.devices import resolve_device
 from benchmarks.common import (
     Stopwatch,
     alternate,
@@ -33,7 +34,6 @@ from benchmarks.common import (
     peak_memory_mib,
     prepare_splits,
     reset_peak,
-    resolve_device,
     run_worker,
     sync,
     table,

@@ -7,7 +7,7 @@
 
 Each dataset (``synthetic`` or an ImageFolder directory) is ingested, split and judged once;
 each recipe then trains every split for ``--steps`` steps of ``--batch-size`` images through
-the project's own stages (``acgan.train``, the collapse monitor, ``acgan.evaluate``), and the
+the project's own stages (``acgan.train``, the collapse monitor, ``acgan.evaluation``), and the
 evaluation's figures go into one table per dataset: judge accuracy, FID and intra-class FID in
 the judge's feature space, the fraction of classes at least as diverse as the least diverse
 real class, Inception Score, D's real-image class accuracy at the end of training, and wall
@@ -32,7 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import load_average, machine, resolve_device, table
+from acgan.devices import resolve_device
+from benchmarks.common import load_average, machine, table
 
 COLUMNS = (
     "recipe",
@@ -96,7 +97,7 @@ def prepare(work: Path, overrides: list[str], progress: bool) -> tuple[Path, int
     from acgan.config import load
     from acgan.data import synthetic
     from acgan.data.ingest import ingest, load_manifest
-    from acgan.evaluate import train_judge
+    from acgan.evaluation.judge import train_judge
 
     cfg = load(None, overrides)
     # the synthetic images are made by code: a new version of it is a new dataset
@@ -139,7 +140,7 @@ def run_recipe(
     ensemble (as ``dvc repro`` does), evaluate it; cached by recipe and budget."""
     from acgan.config import load, replace
     from acgan.data.splits import load_plan
-    from acgan.evaluate import evaluate
+    from acgan.evaluation.stage import evaluate
     from acgan.monitor import run_monitor
     from acgan.train import train_split_with_monitor
 

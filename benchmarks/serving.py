@@ -22,7 +22,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import REPO, load_average, machine, resolve_device, table
+from acgan.devices import resolve_device
+from benchmarks.common import REPO, load_average, machine, table
 
 sys.path.insert(0, str(REPO / "tests"))  # the loopback services the tests start
 from services import mlflow_server, model_server, moto_s3, postgres  # noqa: E402

@@ -27,10 +27,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from acgan.devices import resolve_device
 from acgan.models.acgan import Discriminator, Generator
 from acgan.models.losses import d_loss, g_loss
 from acgan.train.state import frozen
-from benchmarks.common import load_average, machine, resolve_device, sync, table
+from benchmarks.common import load_average, machine, sync, table
 
 BATCH, CLASSES, LATENT = 64, 10, 100
 

@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 
+from acgan.devices import resolve_device
 from benchmarks.common import (
     Stopwatch,
     alternate,
@@ -39,7 +40,6 @@ from benchmarks.common import (
     peak_memory_mib,
     prepare_splits,
     reset_peak,
-    resolve_device,
     run_worker,
     sync,
     table,

@@ -20,7 +20,7 @@ def judge(
     import torch
 
     from acgan.data.shards import read_images
-    from acgan.evaluate_judge import train_judge
+    from acgan.evaluation.judge import train_judge
     from acgan.kfp_runtime import TASK_SOURCE, load_config, log_figures
     from acgan.metrics.judge import holdout_mask, load_judge
     from acgan.tracking import make_tracker
@@ -59,7 +59,7 @@ def evaluate(
     import shutil
     from pathlib import Path
 
-    from acgan.evaluate import evaluate as run_evaluate
+    from acgan.evaluation.stage import evaluate as run_evaluate
     from acgan.kfp_runtime import TASK_SOURCE, load_config, log_figures
     from acgan.tracking import make_tracker
 

@@ -18,7 +18,8 @@ from typing import Any
 
 import yaml
 
-from acgan.errors import AcganError, one_line
+from acgan.errors import AcganError
+from acgan.io import one_line
 from acgan.kfp_runtime import PARAMETERS, build_config, config_keys
 
 DEFAULT_PACKAGE = Path(__file__).with_name("acgan.yaml")

@@ -28,9 +28,9 @@ from conftest import SMALL_OVERRIDES, TINY_TRAIN, TinyPipeline
 from PIL import Image
 from services import free_port
 
-from acgan import checkpoint
 from acgan.config import load
-from acgan.evaluate import gate_decision
+from acgan.evaluation.gate import gate_decision
+from acgan.io import atomic_dir
 from acgan.models.ensemble import GENERATOR_FILE
 from acgan.monitor.detector import metric_key
 
@@ -428,7 +428,7 @@ def test_odd_class_names_train_resume_log_and_plot(
 
 
 def test_evaluation_plots_take_dollar_signs() -> None:
-    from acgan.evaluate_report import _accuracy_plot, _msssim_plot
+    from acgan.evaluation.report import _accuracy_plot, _msssim_plot
 
     table = [
         {"class": n, "judge_accuracy": 0.5, "real_judge_accuracy": 0.6, "msssim": 0.2,
@@ -476,15 +476,17 @@ def test_stale_temp_dirs_of_dead_writers_are_removed(tmp_path: Path) -> None:
     import os
     import subprocess
 
+    from acgan import io as acgan_io
+
     gone = subprocess.Popen(["true"])
     gone.wait()
-    host = checkpoint._HOST
+    host = acgan_io._HOST
     dead = tmp_path / f".out.tmp-{gone.pid}.{host}-abc"
     aside = tmp_path / f".out.old-{gone.pid}.{host}-abc"
     live = tmp_path / f".out.tmp-{os.getppid()}.{host}-abc"
     for d in (dead, aside, live):
         d.mkdir()
-    with checkpoint.atomic_dir(tmp_path / "out") as tmp:
+    with atomic_dir(tmp_path / "out") as tmp:
         (tmp / "x").write_text("x")
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, "out"])
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from pipeline_checks import check_evaluation, check_mlflow, check_registered
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -115,8 +116,7 @@ def test_dvc_repro_end_to_end(tmp_path: Path) -> None:
         out = repo / f"models/split_{sid}"
         assert json.loads((out / "train.json").read_text())["step"] == 4
         assert (out / "generator.pt").stat().st_size > 0 and (out / "samples.png").is_file()
-    metrics = json.loads((repo / "reports/eval/metrics.json").read_text())
-    assert 0.0 <= metrics["judge_accuracy"] <= 1.0
+    metrics = check_evaluation(repo / "reports/eval", manifest["class_names"])
     assert (repo / "mlflow.db").is_file()  # the embedded tracking store was used
     shown = _run(repo, "dvc", "metrics", "show")
     assert "judge_accuracy" in shown and max(map(len, shown.splitlines())) < 170  # one row
@@ -138,6 +138,13 @@ def test_dvc_repro_end_to_end(tmp_path: Path) -> None:
     assert parent.info.status == "FINISHED"  # ended by the last stage, register
     assert parent.data.metrics["judge_accuracy"] == metrics["judge_accuracy"]
     assert parent.data.tags["acgan.model_version"] == str(record["version"])
+    check_mlflow(client, repo / "reports/eval", metrics, parent.info.run_id)
+    mv = check_registered(client, record["model_name"], record["version"], parent.info.run_id)
+    assert mv.run_id == record["run_id"]
+    # every stage's lineage names the same data; tracked stages name their run
+    for out in ("data/splits", "models/split_0", "judge", "reports/monitor", "reports/register"):
+        lineage = json.loads((repo / out / "config.json").read_text())
+        assert lineage["data_hash"] == manifest["content_hash"], out
     head = _run(repo, "git", "rev-parse", "HEAD").strip()
     assert parent.data.tags["acgan.git_commit"] == head
     assert parent.data.tags["mlflow.source.git.commit"] == head

@@ -20,9 +20,11 @@ from acgan.data.ingest import ingest
 from acgan.data.shards import read_images
 from acgan.data.splits import make_splits
 from acgan.errors import CheckpointError, DataError
-from acgan.evaluate import evaluate, gate_decision, train_judge
-from acgan.evaluate_report import HEADLINE
-from acgan.metrics import fidis, suite
+from acgan.evaluation.gate import gate_decision
+from acgan.evaluation.judge import train_judge
+from acgan.evaluation.report import HEADLINE
+from acgan.evaluation.stage import evaluate
+from acgan.metrics import fid_is, suite
 from acgan.metrics.judge import Judge, holdout_mask, load_judge
 from acgan.metrics.memorisation import nearest_l1
 from acgan.models.ensemble import write_manifest
@@ -108,7 +110,7 @@ def test_noise_and_collapse_are_caught(judged: Judged) -> None:
     noise = torch.randint(0, 256, images.shape, generator=g, dtype=torch.uint8)
     noisy = suite.compute(_eval_data(judged, noise))[0].overall
     feats = judged.judge.embed(images).features
-    halves = fidis.frechet_distance(feats[::2], feats[1::2])  # real vs real, 300 each
+    halves = fid_is.frechet_distance(feats[::2], feats[1::2])  # real vs real, 300 each
     assert noisy["judge_accuracy"] <= 0.3  # chance is 0.1
     assert noisy["inception_score"] < noisy["inception_score_real"]
     assert noisy["fid"] > 10 * halves
@@ -123,21 +125,21 @@ def test_noise_and_collapse_are_caught(judged: Judged) -> None:
 
 
 def test_inception_score_bounds() -> None:
-    assert fidis.inception_score(torch.zeros(50, 10))[0] == pytest.approx(1.0)  # constant
+    assert fid_is.inception_score(torch.zeros(50, 10))[0] == pytest.approx(1.0)  # constant
     confident = torch.eye(10).repeat(5, 1) * 50  # sure of each class, classes balanced
-    mean, _ = fidis.inception_score(confident, splits=1)
+    mean, _ = fid_is.inception_score(confident, splits=1)
     assert mean == pytest.approx(10.0, rel=1e-3)
     x = torch.randn(40, 10, generator=torch.Generator().manual_seed(0))
-    assert fidis.inception_score(x, seed=3) == fidis.inception_score(x.clone(), seed=3)
+    assert fid_is.inception_score(x, seed=3) == fid_is.inception_score(x.clone(), seed=3)
 
 
 def test_fid_real_vs_real_is_zero_and_noise_is_large() -> None:
     g = torch.Generator().manual_seed(0)
     a = torch.randn(500, 8, generator=g)
-    assert fidis.frechet_distance(a, a) < 1e-6
+    assert fid_is.frechet_distance(a, a) < 1e-6
     b = torch.randn(500, 8, generator=g)
-    assert fidis.frechet_distance(a, b) < 0.5  # same distribution, sampling noise only
-    assert fidis.frechet_distance(a, b + 3.0) > 8 * 9 * 0.9  # mean shifted by 3 in 8 dims
+    assert fid_is.frechet_distance(a, b) < 0.5  # same distribution, sampling noise only
+    assert fid_is.frechet_distance(a, b + 3.0) > 8 * 9 * 0.9  # mean shifted by 3 in 8 dims
 
 
 def test_nearest_l1_is_exact() -> None:

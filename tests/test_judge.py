@@ -14,13 +14,12 @@ from acgan.config import Config
 from acgan.data.ingest import ingest
 from acgan.data.shards import read_images
 from acgan.errors import CheckpointError
-from acgan.evaluate import train_judge
-from acgan.metrics import fidis
+from acgan.evaluation.judge import fit_judge, train_judge
+from acgan.metrics import fid_is
 from acgan.metrics.judge import (
     JUDGE_FILE,
     JUDGE_JSON,
     build_judge,
-    fit_judge,
     holdout_mask,
     load_inception,
     load_judge,
@@ -70,7 +69,7 @@ def test_judge_is_a_torchmetrics_feature_extractor(synthetic_ingested: Path) -> 
     direct.update(fake, real=False)
     emb_r, emb_f = judge.embed(real).features, judge.embed(fake).features
     assert float(direct.compute()) == pytest.approx(
-        fidis.frechet_distance(emb_r, emb_f), rel=1e-3, abs=1e-4
+        fid_is.frechet_distance(emb_r, emb_f), rel=1e-3, abs=1e-4
     )
 
 

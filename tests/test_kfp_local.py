@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pipeline_checks import check_evaluation, check_mlflow, check_registered
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -105,8 +106,8 @@ def test_monitor_and_evaluation_figures(local_run: LocalRun) -> None:
     assert _artifact_metadata(monitor, "metrics")["ensemble_members"] == 2.0
 
     evaluate = local_run.task("evaluate")
-    metrics = json.loads((evaluate / "eval_dir" / "metrics.json").read_text())
-    assert 0.0 <= metrics["judge_accuracy"] <= 1.0
+    manifest = json.loads((local_run.task("ingest") / "data" / "manifest.json").read_text())
+    metrics = check_evaluation(evaluate / "eval_dir", manifest["class_names"])
     figures = list((evaluate / "eval_dir" / "plots").glob("*.png"))
     assert figures and all(p.read_bytes().startswith(PNG) for p in figures)
     assert "<html" in (evaluate / "report").read_text().lower()
@@ -133,6 +134,9 @@ def test_gate_passed_and_a_version_was_registered(local_run: LocalRun) -> None:
     run = client.get_run(parent)  # ended by the last task, with the headline and the version
     assert run.info.status == "FINISHED" and "judge_accuracy" in run.data.metrics
     assert run.data.tags["acgan.model_version"] == str(versions[0].version)
+    eval_dir = local_run.task("evaluate") / "eval_dir"
+    check_mlflow(client, eval_dir, json.loads((eval_dir / "metrics.json").read_text()), parent)
+    check_registered(client, "acgan-kfp-local", versions[0].version, parent)
     assert run.data.tags["mlflow.source.name"] == "acgan pipeline (Kubeflow)"
     exp = client.get_experiment_by_name("acgan")
     runs = client.search_runs([exp.experiment_id])

@@ -20,6 +20,7 @@ from PIL import Image
 from acgan import checkpoint
 from acgan.config import Config, load
 from acgan.errors import AcganError, RegistryError
+from acgan.io import file_sha256
 from acgan.models.ensemble import GENERATOR_FILE, write_manifest
 from acgan.registry.rules import decide
 from acgan.tracking import NullTracker, Tracker
@@ -102,7 +103,7 @@ def perturbed_copy(src: Path, dst: Path, scale: float) -> Path:
     }
     checkpoint.save(rec, dst / GENERATOR_FILE)
     train = json.loads((dst / "train.json").read_text())  # a run records what it wrote
-    train["generator_sha256"] = checkpoint.file_sha256(dst / GENERATOR_FILE)
+    train["generator_sha256"] = file_sha256(dst / GENERATOR_FILE)
     (dst / "train.json").write_text(json.dumps(train))
     return dst
 

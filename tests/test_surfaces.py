@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from acgan import progress
-from acgan.evaluate_report import split_statuses
+from acgan.evaluation.report import split_statuses
 from acgan.models.sampling import labelled_grid
 from acgan.monitor import report, status
 from acgan.registry.inputs import split_health

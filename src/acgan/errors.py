@@ -53,10 +53,3 @@ def strip_credentials(uri: str) -> str:
     """``uri`` without its user-info, for a link or a command a user copies (a masked ``***``
     would not work there; the user's own MLFLOW_TRACKING_USERNAME/PASSWORD or browser do)."""
     return _USERINFO.sub(r"\g<scheme>", uri)
-
-
-def one_line(exc: BaseException) -> str:
-    """An exception's text for an error line: one line, at most 200 characters, credentials
-    in any URI it quotes masked."""
-    text = mask_credentials(" ".join(str(exc).split())) or type(exc).__name__
-    return text if len(text) <= 200 else text[:197] + "..."

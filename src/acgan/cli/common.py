@@ -25,7 +25,7 @@ def _load_config(params: tuple[str, ...], overrides: tuple[str, ...]) -> config_
 def check_path(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
     """Refuse a path below a file before any work starts (it fails only when the stage comes
     to write, after all its work, with ``NotADirectoryError`` otherwise)."""
-    from acgan.checkpoint import blocked_by_file  # imported here: it imports torch
+    from acgan.io import blocked_by_file
 
     if value is not None:
         blocker = blocked_by_file(value)

@@ -27,7 +27,7 @@ def judge(cfg: Config, data: str, out: str, parent_run_id: str | None) -> None:
       acgan judge                                    # small CNN, eval.judge_epochs epochs
       acgan judge --set eval.inception_weights=~/inception_v3_google.pth   # never downloads
     """
-    from acgan.evaluate import train_judge
+    from acgan.evaluation.judge import train_judge
     from acgan.tracking import make_tracker
 
     tracker = make_tracker(cfg.tracking, "acgan judge")
@@ -69,7 +69,7 @@ def evaluate_cmd(
       acgan evaluate
       acgan evaluate --set eval.samples_per_class=1000 --set eval.max_fid=50
     """
-    from acgan.evaluate import evaluate
+    from acgan.evaluation.stage import evaluate
     from acgan.tracking import make_tracker
 
     res = evaluate(

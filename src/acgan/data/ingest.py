@@ -17,12 +17,12 @@ from typing import Any
 from PIL import Image
 
 from acgan import __version__
-from acgan.checkpoint import atomic_dir, atomic_write_json, one_line
 from acgan.config import DataConfig
 from acgan.data.shards import ShardInfo, ShardWriter, encode_png
 from acgan.data.sources import Item, iter_source
 from acgan.errors import DataError
-from acgan.lineage import git_commit
+from acgan.io import atomic_write_json, one_line
+from acgan.lineage import stage
 from acgan.progress import progress_bar
 
 MANIFEST = "manifest.json"
@@ -128,7 +128,10 @@ def ingest(cfg: DataConfig, out_dir: Path, progress: bool = True) -> Manifest:
     counts = [0] * len(names)
     skipped: list[str] = []
     mode = "L" if cfg.channels == 1 else "RGB"
-    with atomic_dir(out_dir) as tmp:
+    with (
+        stage("ingest", {"data": dataclasses.asdict(cfg)}, out_dir, data_hash=None) as st,
+        st.output() as tmp,
+    ):
         bar = progress_bar(
             total=src.total, desc=f"ingest {cfg.source}", unit="img", disable=not progress
         )
@@ -189,14 +192,5 @@ def ingest(cfg: DataConfig, out_dir: Path, progress: bool = True) -> Manifest:
             ignored_dirs=list(src.ignored_dirs),
         )
         atomic_write_json(tmp / MANIFEST, manifest.to_dict())
-        atomic_write_json(
-            tmp / "config.json",
-            {
-                "stage": "ingest",
-                "acgan_version": __version__,
-                "git_commit": git_commit(),
-                "data_hash": manifest.content_hash,
-                "config": {"data": dataclasses.asdict(cfg)},
-            },
-        )
+        st.data_hash = manifest.content_hash  # in config.json, written when the block ends
     return manifest

@@ -26,8 +26,8 @@ import pyarrow.parquet as pq
 import torch
 from PIL import Image, ImageOps
 
-from acgan.checkpoint import one_line
 from acgan.errors import DataError
+from acgan.io import one_line
 from acgan.progress import progress_bar
 
 SCHEMA = pa.schema([("png", pa.binary()), ("label", pa.int32()), ("class_name", pa.string())])

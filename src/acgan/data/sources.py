@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from acgan.checkpoint import one_line
 from acgan.config import DataConfig
 from acgan.data import synthetic
 from acgan.errors import ConfigError, DataError
+from acgan.io import one_line
 
 Item = Image.Image | Path
 

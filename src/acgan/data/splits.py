@@ -19,12 +19,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from acgan.checkpoint import atomic_dir, atomic_write_json
 from acgan.config import Config, SplitConfig
 from acgan.data.ingest import load_manifest
 from acgan.data.shards import RowHasher, ShardWriter, decode_pngs, read_shard
 from acgan.errors import ConfigError, DataError
-from acgan.lineage import write_stage_config
+from acgan.io import atomic_write_json
+from acgan.lineage import stage
 from acgan.metrics import msssim
 from acgan.progress import progress_bar
 
@@ -192,7 +192,10 @@ def make_splits(ingested_dir: Path, out_dir: Path, cfg: Config, progress: bool =
     split_of = {c: s.id for s in specs for c in s.classes}
     reference: dict[int, float] = {}
 
-    with atomic_dir(out_dir) as tmp:
+    with (
+        stage("split", cfg, out_dir, data_hash=manifest.content_hash) as st,
+        st.output() as tmp,
+    ):
         kept: dict[int, bytes] = {}
         hasher = RowHasher()
         with contextlib.ExitStack() as stack:
@@ -253,7 +256,6 @@ def make_splits(ingested_dir: Path, out_dir: Path, cfg: Config, progress: bool =
             protocol=protocol,
         )
         atomic_write_json(tmp / SPLITS_JSON, plan.to_dict())
-        write_stage_config(tmp, cfg, "split", manifest.content_hash)
     return plan
 
 

@@ -18,7 +18,6 @@ the features, so a judge is directly a torchmetrics feature extractor
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -28,14 +27,13 @@ from torch import Tensor, nn
 
 from acgan import checkpoint
 from acgan.errors import CheckpointError
+from acgan.io import one_line
 from acgan.metrics.msssim import class_generator
 from acgan.progress import progress_bar
 
 JUDGE_FILE = "judge.pt"
 JUDGE_JSON = "judge.json"
 JUDGE_FORMAT = "acgan.judge/3"  # bump when JudgeNet changes: old judges then retrain
-TRAIN_BATCH = 64
-LR = 2e-3
 INCEPTION_SIZE = 299
 _INCEPTION_FEATURES = 2048
 
@@ -164,7 +162,7 @@ def _inception_from_state(sd: dict[str, Any], where: str) -> nn.Module:
     except (KeyError, RuntimeError, ValueError, TypeError, AttributeError) as exc:
         raise CheckpointError(
             f"{where}: does not fit torchvision's Inception-v3 "
-            f"({checkpoint.one_line(exc)[:160]}); supply the IMAGENET1K_V1 state_dict"
+            f"({one_line(exc)[:160]}); supply the IMAGENET1K_V1 state_dict"
         ) from exc
     return net
 
@@ -216,7 +214,7 @@ class Judge(nn.Module):
 
     def forward(self, images: Tensor) -> Tensor:
         """Features of uint8 images: the torchmetrics ``feature=`` contract."""
-        return self.net.embed(_to_float(images.to(self.device)))[0]
+        return self.net.embed(to_float(images.to(self.device)))[0]
 
     @torch.inference_mode()
     def embed(
@@ -231,7 +229,7 @@ class Judge(nn.Module):
         )
         with bar:
             for i in range(0, len(images), batch_size):
-                x = _to_float(images[i : i + batch_size].to(self.device))
+                x = to_float(images[i : i + batch_size].to(self.device))
                 parts.append(tuple(t.float().cpu() for t in self.net.embed(x)))
                 bar.update(len(x))
         self.train(was)
@@ -252,7 +250,7 @@ class Judge(nn.Module):
         }
 
 
-def _to_float(images: Tensor) -> Tensor:
+def to_float(images: Tensor) -> Tensor:
     if images.dtype != torch.uint8:
         raise ValueError(f"the judge takes uint8 images, got {images.dtype}")
     return images.float().div_(127.5).sub_(1.0)
@@ -298,7 +296,7 @@ def load_judge(path: str | Path, device: torch.device | str = "cpu") -> Judge:
     except (KeyError, RuntimeError, ValueError, TypeError) as exc:
         raise CheckpointError(
             f"{path}: judge weights are damaged or do not match "
-            f"({checkpoint.one_line(exc)[:160]}); re-run `acgan judge`"
+            f"({one_line(exc)[:160]}); re-run `acgan judge`"
         ) from exc
     return Judge(net, names, res, ch).to(device).eval()
 
@@ -319,69 +317,3 @@ def holdout_mask(labels: Tensor, fraction: float, seed: int) -> Tensor:
 
 def accuracy(logits: Tensor, labels: Tensor) -> float:
     return float((logits.argmax(1) == labels).float().mean()) if len(labels) else float("nan")
-
-
-def fit_judge(
-    judge: Judge,
-    images: Tensor,
-    labels: Tensor,
-    epochs: int,
-    seed: int,
-    holdout: tuple[Tensor, Tensor] | None = None,
-    progress: bool = True,
-    on_epoch: Callable[[dict[str, float]], None] | None = None,
-) -> list[dict[str, float]]:
-    """Train the judge's classifier (the CNN, or Inception's probe) with Adam and
-    cross-entropy; returns per-epoch ``loss``, ``train_accuracy``, ``holdout_accuracy``."""
-    device = judge.device
-    gen = torch.Generator().manual_seed(int(seed))
-    model: nn.Module
-    if isinstance(judge.net, InceptionJudge):
-        # The backbone is frozen: embed the training images once, then fit the probe alone.
-        inputs = judge.embed(images, progress=progress, desc="inception features").features
-        model = judge.net.probe
-        step_logits: Callable[[Tensor], Tensor] = model
-    else:
-        inputs, model = images, judge.net
-        step_logits = lambda x: judge.net.embed(_to_float(x))[1]  # noqa: E731
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(int(seed))
-        for m in model.modules():  # a reproducible initialisation, whatever ran before
-            if isinstance(m, nn.Conv2d | nn.Linear | nn.BatchNorm2d):
-                m.reset_parameters()
-    opt = torch.optim.Adam(model.parameters(), lr=LR, weight_decay=5e-4)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs))
-    history: list[dict[str, float]] = []
-    n = len(labels)
-    for epoch in range(1, epochs + 1):
-        model.train()
-        judge.net.train()
-        perm = torch.randperm(n, generator=gen)
-        total, correct, seen = 0.0, 0, 0
-        bar = progress_bar(
-            range(0, n, TRAIN_BATCH),
-            desc=f"judge epoch {epoch}/{epochs}",
-            unit="batch",
-            disable=not progress,
-            leave=False,
-        )
-        for i in bar:
-            idx = perm[i : i + TRAIN_BATCH]
-            x, y = inputs[idx].to(device), labels[idx].to(device)
-            logits = step_logits(x)
-            loss = F.cross_entropy(logits, y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total += float(loss.detach()) * len(idx)
-            correct += int((logits.argmax(1) == y).sum())
-            seen += len(idx)
-        sched.step()
-        row = {"epoch": float(epoch), "loss": total / seen, "train_accuracy": correct / seen}
-        if holdout is not None and len(holdout[1]):
-            row["holdout_accuracy"] = accuracy(judge.embed(holdout[0]).logits, holdout[1])
-        history.append(row)
-        if on_epoch is not None:
-            on_epoch(row)
-    judge.eval()
-    return history

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from acgan.metrics import fidis, msssim
+from acgan.metrics import fid_is, msssim
 from acgan.metrics.judge import Embedding, Judge, accuracy
 from acgan.metrics.memorisation import nearest_l1
 
@@ -205,12 +205,12 @@ def _diversity(d: EvalData) -> Figures:
     "is10_judge",
     lambda d: (
         f"Inception Score of the {d.judge.kind} judge's "
-        f"{'ImageNet ' if d.judge.kind != 'cnn' else ''}logits, {fidis.IS_SPLITS} splits"
+        f"{'ImageNet ' if d.judge.kind != 'cnn' else ''}logits, {fid_is.IS_SPLITS} splits"
     ),
 )
 def _inception_score(d: EvalData) -> Figures:
-    mean, std = fidis.inception_score(d.embedding("fake").score_logits, seed=d.seed)
-    real, _ = fidis.inception_score(d.embedding("real").score_logits, seed=d.seed)
+    mean, std = fid_is.inception_score(d.embedding("fake").score_logits, seed=d.seed)
+    real, _ = fid_is.inception_score(d.embedding("real").score_logits, seed=d.seed)
     return Figures(
         overall={"inception_score": mean, "inception_score_std": std, "inception_score_real": real}
     )
@@ -227,9 +227,9 @@ def _inception_score(d: EvalData) -> Figures:
 )
 def _fid(d: EvalData) -> Figures:
     real, fake = d.embedding("real").features, d.embedding("fake").features
-    per = fidis.intra_fid(real, d.real_labels, fake, d.fake_labels, d.classes)
+    per = fid_is.intra_fid(real, d.real_labels, fake, d.fake_labels, d.classes)
     f = Figures(per_class={c: {"intra_fid": v} for c, v in per.items()})
-    fid, floor = fidis.frechet_distance(real, fake), real_fid_floor(real, len(fake), d.seed)
+    fid, floor = fid_is.frechet_distance(real, fake), real_fid_floor(real, len(fake), d.seed)
     f.overall = {
         "fid": fid,
         "intra_fid_mean": _per_class_mean(f.per_class, "intra_fid"),
@@ -244,7 +244,7 @@ def real_fid_floor(real: Tensor, n: int, seed: int) -> float:
     alone gives at this sample size, the floor a perfect generator would sit on."""
     m = max(2, min(n, len(real) // 2))
     order = torch.randperm(len(real), generator=torch.Generator().manual_seed(int(seed)))
-    return fidis.frechet_distance(real[order[:m]], real[order[m : 2 * m]])
+    return fid_is.frechet_distance(real[order[:m]], real[order[m : 2 * m]])
 
 
 def degrade(images: Tensor, side: int) -> Tensor:

@@ -19,6 +19,7 @@ from torch import Tensor
 
 from acgan import checkpoint
 from acgan.errors import AcganError, CheckpointError
+from acgan.io import atomic_write_json, file_sha256, one_line
 from acgan.models.acgan import GArch, Generator
 from acgan.models.sampling import generate, latents
 
@@ -39,7 +40,7 @@ class Member:
 def write_generator(rec: dict[str, Any], directory: Path) -> str:
     """Save a split's generator file into ``directory``; returns its SHA-256, which the
     trainer records in ``train.json`` and every :func:`load_member` checks."""
-    return checkpoint.file_sha256(checkpoint.save(rec, Path(directory) / GENERATOR_FILE))
+    return file_sha256(checkpoint.save(rec, Path(directory) / GENERATOR_FILE))
 
 
 def _recorded(path: Path) -> tuple[str | None, str]:
@@ -61,7 +62,7 @@ def verify_sha256(path: Path, expected: str | None = None) -> None:
     want = expected or recorded
     if want is None:  # written before hashes were recorded
         return
-    actual = checkpoint.file_sha256(path)
+    actual = file_sha256(path)
     if actual != want:
         raise CheckpointError(
             f"{split}: {path} does not match the SHA-256 recorded when it was written "
@@ -248,7 +249,7 @@ def write_manifest(
             return dict(entry)
         return {**entry, "model_dir": os.path.relpath(Path(entry["model_dir"]).absolute(), here)}
 
-    checkpoint.atomic_write_json(
+    atomic_write_json(
         path,
         {
             PATHS_KEY: PATHS_RELATIVE,
@@ -280,8 +281,7 @@ def read_manifest(path: str | Path) -> list[Path]:
         dirs = [Path(m["model_dir"]) for m in raw["members"]]
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise AcganError(
-            f"{path}: not a readable ensemble manifest ({checkpoint.one_line(exc)}); "
-            "re-run `acgan monitor`"
+            f"{path}: not a readable ensemble manifest ({one_line(exc)}); re-run `acgan monitor`"
         ) from exc
     if not dirs:
         excluded = "; ".join(

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from acgan.checkpoint import atomic_write_bytes
+from acgan.io import atomic_write_bytes
 from acgan.monitor import status
 
 

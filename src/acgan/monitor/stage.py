@@ -31,10 +31,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from acgan.checkpoint import atomic_dir, atomic_write_json, one_line
 from acgan.config import Config
 from acgan.data.splits import SplitPlan, load_plan
 from acgan.errors import DataError
+from acgan.io import atomic_dir, atomic_write_json, one_line
 from acgan.lineage import open_pipeline_run, write_stage_config
 from acgan.metrics.msssim import protocol
 from acgan.models.ensemble import find_split_dirs, load_member, write_manifest

@@ -25,12 +25,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from acgan.checkpoint import atomic_dir, atomic_write_bytes, blocked_by_file
-from acgan.errors import AcganError, RegistryError, mask_credentials, one_line
+from acgan.errors import AcganError, RegistryError, mask_credentials
+from acgan.io import atomic_dir, atomic_write_bytes, blocked_by_file, one_line
 from acgan.models.ensemble import ENSEMBLE_JSON, GENERATOR_FILE, Ensemble
 from acgan.models.sampling import labelled_grid, latents
 from acgan.progress import progress_bar
-from acgan.tracking import DEFAULT_DEADLINE_S, PERMANENT, Retry, png_bytes
+from acgan.retry import DEFAULT_DEADLINE_S, PERMANENT, Retry
+from acgan.tracking import png_bytes
 
 GRID_COLUMNS = 8
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -194,7 +195,7 @@ def load_ensemble(
     deadline_s: float = DEFAULT_DEADLINE_S,
 ) -> Ensemble:
     """An :class:`Ensemble` from a model URI, a pyfunc directory or local training outputs."""
-    from acgan.registry.pyfunc import resolve_device
+    from acgan.devices import resolve_device
 
     local = Path(model)
     if "://" not in model and ":/" not in model:

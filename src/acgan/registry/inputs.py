@@ -6,15 +6,14 @@ training figures that exist.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from acgan.checkpoint import one_line
 from acgan.data.ingest import load_manifest
 from acgan.errors import AcganError
+from acgan.io import read_json
 from acgan.models.ensemble import ENSEMBLE_JSON, read_manifest
 from acgan.monitor import status
 
@@ -36,13 +35,6 @@ class Inputs:
     gate_reasons: list[str]
     gate_source: str
     train: dict[int, dict[str, Any]] = field(default_factory=dict)  # split id -> train.json
-
-
-def _read_json(path: Path, what: str, fix: str) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise AcganError(f"{path}: unreadable {what} ({one_line(exc)}); {fix}") from exc
 
 
 def _status(entry: Any) -> str | None:
@@ -102,13 +94,13 @@ def read_inputs(
     if path.is_dir():
         path = path / ENSEMBLE_JSON
     member_dirs = read_manifest(path)  # raises a one-line error on a bad manifest
-    manifest = _read_json(path, "ensemble manifest", "re-run `acgan monitor`")
+    manifest = read_json(path, "re-run `acgan monitor`", "ensemble manifest")
     ingest = load_manifest(ingested_dir)
 
     monitor: Any = None
     if monitor_dir is not None and (Path(monitor_dir) / MONITOR_JSON).is_file():
-        monitor = _read_json(
-            Path(monitor_dir) / MONITOR_JSON, "monitor report", "re-run `acgan monitor`"
+        monitor = read_json(
+            Path(monitor_dir) / MONITOR_JSON, "re-run `acgan monitor`", "monitor report"
         )
     health = split_health(monitor, manifest)
 
@@ -117,7 +109,7 @@ def read_inputs(
     for d in member_dirs:
         tj = d / "train.json"
         if tj.is_file():
-            rec = _read_json(tj, "training summary", f"retrain the split in {d}")
+            rec = read_json(tj, f"retrain the split in {d}", "training summary")
             train[int(rec.get("split_id", -1))] = rec
         else:
             missing.append(str(d))
@@ -128,7 +120,7 @@ def read_inputs(
     gate_passed, reasons = True, []
     if eval_dir is not None and (Path(eval_dir) / METRICS_JSON).is_file():
         figures = numeric_figures(
-            _read_json(Path(eval_dir) / METRICS_JSON, "evaluation metrics", "re-run evaluate")
+            read_json(Path(eval_dir) / METRICS_JSON, "re-run evaluate", "evaluation metrics")
         )
         figures_source = str(Path(eval_dir) / METRICS_JSON)
     else:
@@ -140,7 +132,7 @@ def read_inputs(
                     per_key.setdefault(f"train_{k}", []).append(v)
         figures = {k: sum(v) / len(v) for k, v in per_key.items()}
     if eval_dir is not None and (Path(eval_dir) / GATE_JSON).is_file():
-        gate = _read_json(Path(eval_dir) / GATE_JSON, "evaluation gate", "re-run evaluate")
+        gate = read_json(Path(eval_dir) / GATE_JSON, "re-run evaluate", "evaluation gate")
         if not isinstance(gate, dict) or not isinstance(gate.get("passed"), bool):
             raise AcganError(
                 f"{Path(eval_dir) / GATE_JSON}: expected {{'passed': bool, 'reasons': [...]}}; "

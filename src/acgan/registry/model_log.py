@@ -1,6 +1,6 @@
 """The MLflow side of registration: log the pyfunc, find-or-create the version, aliases.
 
-Each function does one registry operation through the :class:`~acgan.registry.rules.Retrier`
+Each function does one registry operation through the :class:`~acgan.retry.Retry`
 so that a flaky server or artifact store is retried and then reported in one line.
 """
 
@@ -27,7 +27,8 @@ from acgan.registry.pyfunc import (
     input_example,
     signature,
 )
-from acgan.registry.rules import Decision, Retrier, decide
+from acgan.registry.rules import Decision, decide
+from acgan.retry import Retry
 from acgan.tracking import Tracker
 
 log = logging.getLogger(__name__)
@@ -71,7 +72,7 @@ def requirements() -> list[str]:
 
 
 def log_ensemble(
-    retry: Retrier,
+    retry: Retry,
     tracker: Tracker,
     run_id: str,
     ens: Ensemble,
@@ -110,7 +111,7 @@ def log_ensemble(
         return retry("upload the model files", upload)
 
 
-def find_version(retry: Retrier, client: Any, name: str, digest: str) -> Any | None:
+def find_version(retry: Retry, client: Any, name: str, digest: str) -> Any | None:
     """The READY version that already registers this ensemble, if any."""
     found = retry(
         "search model versions",
@@ -153,7 +154,7 @@ def _ensure_registered_model(client: Any, name: str) -> None:
 
 
 def find_or_create_version(
-    retry: Retrier,
+    retry: Retry,
     client: Any,
     name: str,
     digest: str,
@@ -189,7 +190,7 @@ def find_or_create_version(
     return retry(f"create a version of {name}", create), True
 
 
-def refresh_tags(retry: Retrier, client: Any, name: str, mv: Any, tags: dict[str, str]) -> None:
+def refresh_tags(retry: Retry, client: Any, name: str, mv: Any, tags: dict[str, str]) -> None:
     """Bring a reused version's lineage and figure tags up to date (the git commit and
     pipeline run it was first registered from stay as they were)."""
     keep = {"acgan.git_commit", "acgan.pipeline_run_id"}
@@ -210,7 +211,7 @@ def refresh_tags(retry: Retrier, client: Any, name: str, mv: Any, tags: dict[str
 VERSIONS_TAG = "mlflow.modelVersions"  # where MLflow's UI looks up a logged model's versions
 
 
-def link_logged_model(retry: Retrier, client: Any, mv: Any, name: str, version: int) -> None:
+def link_logged_model(retry: Retry, client: Any, mv: Any, name: str, version: int) -> None:
     """List the version on its logged model, as ``mlflow.register_model`` does after creating
     one (``create_model_version`` alone leaves the model page saying "Not registered")."""
     # the sqlite store keeps no model_id on a version; its source is the logged model's URI
@@ -235,7 +236,7 @@ def link_logged_model(retry: Retrier, client: Any, mv: Any, name: str, version: 
     )
 
 
-def delete_version(retry: Retrier, client: Any, name: str, version: int) -> None:
+def delete_version(retry: Retry, client: Any, name: str, version: int) -> None:
     try:
         retry(f"delete {name} v{version}", lambda: client.delete_model_version(name, version))
     except Exception as exc:  # the original failure matters more; say what is left behind
@@ -251,7 +252,7 @@ def _figure(tags: dict[str, str], metric: str) -> float | None:
 
 
 def apply_champion_rule(
-    retry: Retrier,
+    retry: Retry,
     client: Any,
     name: str,
     version: int,

@@ -36,8 +36,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from acgan.checkpoint import file_sha256, one_line
+from acgan.devices import resolve_device
 from acgan.errors import AcganError, CheckpointError, RegistryError
+from acgan.io import file_sha256, one_line
 from acgan.models.ensemble import Ensemble, Member, load_member
 from acgan.tracking import png_bytes
 
@@ -73,14 +74,6 @@ def members_record(members: Sequence[Member]) -> list[dict[str, Any]]:
         }
         for m in members
     ]
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise AcganError(f"device {name!r}: no CUDA device is visible; use cpu or auto")
-    return torch.device(name)
 
 
 def load_verified(members_json: Path, artifacts: dict[str, str], device: torch.device) -> Ensemble:

@@ -28,19 +28,20 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from acgan.checkpoint import atomic_dir, atomic_write_bytes, atomic_write_json, one_line
 from acgan.config import Config
 from acgan.errors import AcganError, RegistryError, mask_credentials, strip_credentials
-from acgan.lineage import finish_pipeline_run, git_commit, open_pipeline_run
+from acgan.io import atomic_write_bytes, atomic_write_json, one_line
+from acgan.lineage import Stage, git_commit, stage
 from acgan.models.ensemble import Ensemble
 from acgan.monitor import status
 from acgan.registry import model_log, turns
 from acgan.registry.inputs import Inputs, read_inputs
 from acgan.registry.model_log import CANDIDATE, CHAMPION, HASH_TAG, METRIC_TAG
 from acgan.registry.pyfunc import members_record
-from acgan.registry.rules import Retrier
+from acgan.registry.rules import registry_retry
 from acgan.registry.turns import DONE_TAG
-from acgan.tracking import STAGE_TAG, NullTracker, Run, Tracker, png_bytes
+from acgan.retry import Retry
+from acgan.tracking import NullTracker, Run, Tracker, png_bytes
 
 log = logging.getLogger(__name__)
 REGISTRATION_JSON = "registration.json"
@@ -131,13 +132,13 @@ def description(
     return text
 
 
-def _write(out_dir: Path, record: dict[str, Any], grid: Any) -> Path:
-    """Both files or neither (a killed process leaves the previous directory, and its temp
-    directory is removed by the next run)."""
-    with atomic_dir(out_dir) as tmp:
+def _write(st: Stage, record: dict[str, Any], grid: Any) -> Path:
+    """Both files (and config.json) or none (a killed process leaves the previous directory,
+    and its temp directory is removed by the next run)."""
+    with st.output() as tmp:
         atomic_write_bytes(tmp / SAMPLES_PNG, png_bytes(grid))
         atomic_write_json(tmp / REGISTRATION_JSON, record)
-    return out_dir / REGISTRATION_JSON
+    return st.out_dir / REGISTRATION_JSON
 
 
 def register(
@@ -177,41 +178,58 @@ def register(
     )
     if off is not None:
         record = {**base, "registered": False, "decision": "skipped", "reason": off}
-        path = _write(out_dir, record, grid)
+        with stage("register", cfg, out_dir, data_hash=inp.data_hash) as st:
+            path = _write(st, record, grid)
         return RegisterResult(name, None, None, False, "skipped", off, False, None, path)
     if "'" in name or "`" in name:
         raise RegistryError(f"registry.model_name {name!r}: quotes are not allowed; rename it")
 
-    retry = Retrier(
+    retry = registry_retry(
         cfg.registry.retries, cfg.registry.retry_backoff_s, tracker.uri, cfg.tracking.deadline_s
     )
-    client = tracker.client
-    parent = open_pipeline_run(tracker, cfg, inp.data_hash, parent_run_id)
     # One register run per trained ensemble: its version's source run shows its own files and
     # samples, and registering the same ensemble again picks the same run up.
-    run = tracker.child_run(
-        parent,
-        f"register-{digest[:8]}",
-        {STAGE_TAG: "register", HASH_TAG: digest},
+    with stage(
+        "register",
+        cfg,
+        out_dir,
+        data_hash=inp.data_hash,
+        tracker=tracker,
+        parent_run_id=parent_run_id,
+        run_name=f"register-{digest[:8]}",
+        tags={HASH_TAG: digest},
         params={"registry.model_name": name},
+    ) as st:
+        return _register(cfg, st, tracker, inp, ens, members, digest, grid, base, retry)
+
+
+def _register(
+    cfg: Config,
+    st: Stage,
+    tracker: Tracker,
+    inp: Inputs,
+    ens: Ensemble,
+    members: list[dict[str, Any]],
+    digest: str,
+    grid: Any,
+    base: dict[str, Any],
+    retry: Retry,
+) -> RegisterResult:
+    """Create (or find) the version, its aliases and records, in the stage's run."""
+    name, run, parent, client = cfg.model_name, st.run, st.pipeline_run, tracker.client
+    tags = version_tags(cfg, inp, members, digest, parent)
+    mv, created = model_log.find_or_create_version(
+        retry,
+        client,
+        name,
+        digest,
+        lambda: model_log.log_ensemble(
+            retry, tracker, run.run_id, ens, members, grid, cfg.registry.serve_max_images
+        ),
+        tags=tags,
+        description=description(cfg, inp, ens, name, None, tracker.uri),
+        run_id=run.run_id,
     )
-    try:
-        tags = version_tags(cfg, inp, members, digest, parent)
-        mv, created = model_log.find_or_create_version(
-            retry,
-            client,
-            name,
-            digest,
-            lambda: model_log.log_ensemble(
-                retry, tracker, run.run_id, ens, members, grid, cfg.registry.serve_max_images
-            ),
-            tags=tags,
-            description=description(cfg, inp, ens, name, None, tracker.uri),
-            run_id=run.run_id,
-        )
-    except BaseException:
-        _end_quietly(run)
-        raise
     version = int(mv.version)
     try:
         if created:  # a concurrent registration of the same ensemble may have won
@@ -249,7 +267,6 @@ def register(
     except BaseException as exc:
         if created:  # leave no version behind that this call could not finish
             model_log.delete_version(retry, client, name, version)
-        _end_quietly(run)
         if isinstance(exc, RegistryError | KeyboardInterrupt):
             raise
         raise RegistryError(
@@ -266,7 +283,7 @@ def register(
         decision.reason,
         created,
         run.run_id,
-        out_dir / REGISTRATION_JSON,
+        st.out_dir / REGISTRATION_JSON,
     )
     try:
         aliases = sorted(
@@ -290,7 +307,7 @@ def register(
         "generate": generate_command(name, version, tracker.uri),
         "links": links,
     }
-    path = _write(out_dir, record, grid)
+    path = _write(st, record, grid)
     try:  # bookkeeping on the runs: the registration itself is done whatever happens here
         run.log_dict(json.loads(path.read_text()), f"register/{REGISTRATION_JSON}")
         gate = "passed" if inp.gate_passed else "failed"
@@ -301,19 +318,11 @@ def register(
             "acgan.decision": result.decision,
         }
         run.set_tags(outcome)
-        run.end("FINISHED")
         # The last stage of the pipeline: its parent run ends with the registry's answer.
-        finish_pipeline_run(
-            parent, inp.figures, {**outcome, "acgan.registered_model": name, "acgan.gate": gate}
+        st.finish_pipeline(
+            inp.figures, {**outcome, "acgan.registered_model": name, "acgan.gate": gate}
         )
+        st.end()
     except AcganError as exc:
         log.warning("registered %s v%s, but the run's bookkeeping failed: %s", name, version, exc)
     return result
-
-
-def _end_quietly(run: Run) -> None:
-    """Mark the run failed if the server still answers; never mask the original error."""
-    try:
-        run.end("FAILED")
-    except Exception as exc:
-        log.warning("could not mark run %s failed: %s", run.run_id, one_line(exc))

@@ -1,13 +1,13 @@
-"""The registration rules, free of MLflow: the champion decision and bounded retries."""
+"""The registration rules, free of MLflow: the champion decision and the registry's retry."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from acgan.errors import RegistryError
-from acgan.tracking import DEFAULT_DEADLINE_S, PERMANENT, Retry
+from acgan.retry import DEFAULT_DEADLINE_S, PERMANENT, Retry
 
-__all__ = ["PERMANENT", "Decision", "Retrier", "decide"]
+__all__ = ["PERMANENT", "Decision", "decide", "registry_retry"]
 
 
 @dataclass(frozen=True)
@@ -51,19 +51,19 @@ def decide(
     )
 
 
-class Retrier(Retry):
-    """The tracking adapter's one retry layer (bounded by ``tracking.deadline_s``), failing
-    with a :class:`RegistryError` line that says to re-run ``acgan register``."""
-
-    error = RegistryError
-    hint = (
-        "check that the MLflow server and its artifact store are up, then re-run `acgan register`"
+def registry_retry(
+    attempts: int, backoff_s: float, where: str, deadline_s: float = DEFAULT_DEADLINE_S
+) -> Retry:
+    """The tracking adapter's one retry layer (:class:`~acgan.retry.Retry`, bounded by
+    ``tracking.deadline_s`` and ``registry.retries``), failing with a :class:`RegistryError`
+    line that says to re-run ``acgan register``."""
+    return Retry(
+        where,
+        deadline_s,
+        attempts,
+        backoff_s,
+        hint="check that the MLflow server and its artifact store are up, "
+        "then re-run `acgan register`",
+        error=RegistryError,
+        service="model registry",
     )
-
-    def __init__(
-        self, attempts: int, backoff_s: float, where: str, deadline_s: float = DEFAULT_DEADLINE_S
-    ) -> None:
-        super().__init__(where, deadline_s, attempts, backoff_s)
-
-    def message(self, what: str, tries: int, seconds: float, exc: BaseException) -> str:
-        return "model registry" + super().message(what, tries, seconds, exc).removeprefix("MLflow")

@@ -25,14 +25,14 @@ import time
 from typing import Any
 
 from acgan.registry.model_log import HASH_TAG, delete_version
-from acgan.registry.rules import Retrier
+from acgan.retry import Retry
 
 log = logging.getLogger(__name__)
 DONE_TAG = "acgan.registration_complete"
 POLL_S = (0.2, 2.0)  # first and longest pause between two looks at the registry
 
 
-def keep_oldest(retry: Retrier, client: Any, name: str, digest: str, mine: Any) -> tuple[Any, bool]:
+def keep_oldest(retry: Retry, client: Any, name: str, digest: str, mine: Any) -> tuple[Any, bool]:
     """``(version, created)`` after creating ``mine``: ``(mine, True)`` when it is the oldest
     version of this ensemble, else the oldest one (``created`` False) with ``mine`` deleted."""
     found = retry(
@@ -68,7 +68,7 @@ def _in_flight(v: Any, now_ms: float, timeout_s: float) -> bool:
 
 
 def wait_for_turn(
-    retry: Retrier, client: Any, name: str, mine: Any, created: bool, timeout_s: float
+    retry: Retry, client: Any, name: str, mine: Any, created: bool, timeout_s: float
 ) -> Any:
     """Wait until no registration that goes before ``mine`` is in flight; return ``mine``
     read again (another process may have finished it meanwhile).

@@ -67,7 +67,7 @@ def train_splits(
         raise ConfigError(f"split ids {ids}: each split can be trained once per call")
     out = Path(out_root)
     if batched is None:
-        from acgan.train.state import resolve_device
+        from acgan.devices import resolve_device
 
         batched = resolve_device(cfg.train.device).type == "cuda"
     if cfg.train.pack == 1 or len(ids) == 1 or not batched:

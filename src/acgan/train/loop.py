@@ -20,10 +20,11 @@ from typing import Any, Protocol
 import torch
 
 from acgan import checkpoint
-from acgan.checkpoint import atomic_write_json
 from acgan.config import Config, TrainConfig
 from acgan.data.shards import read_images
 from acgan.data.splits import SplitSpec, load_plan
+from acgan.devices import resolve_device
+from acgan.io import atomic_dir, atomic_write_json
 from acgan.lineage import EXECUTION_KEYS, open_pipeline_run, stage_record
 from acgan.models.acgan import to_float
 from acgan.models.ensemble import write_generator
@@ -38,7 +39,6 @@ from acgan.train.state import (
     frozen,
     generator_record,
     resolve_amp,
-    resolve_device,
     split_seed,
 )
 
@@ -268,7 +268,7 @@ def train_split(
 ) -> TrainResult:
     """Train (or resume) split ``split_id`` for ``cfg.train.steps`` steps; write ``out_dir``."""
     tracker = tracker or NullTracker()
-    device = resolve_device(cfg.train.device)
+    device = resolve_device(cfg.train.device, "train.device")
     plan, data = load_split_data(Path(splits_dir), split_id, device)
     seed = split_seed(cfg.train.seed, split_id, attempt)
     state = build_state(cfg, data.num_classes, device, seed)
@@ -378,7 +378,7 @@ def train_split(
         "classes": meta["classes"],
         "class_names": meta["class_names"],
     }
-    with checkpoint.atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir) as tmp:
         # recorded where it is written; every later load checks the file against it
         summary["generator_sha256"] = write_generator(generator_record(state, meta), tmp)
         record = stage_record(cfg, "train", plan.data_hash, split_id=split_id, seed=seed)

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import torch
 
-from acgan import checkpoint
-from acgan.checkpoint import atomic_write_json
 from acgan.config import Config
+from acgan.devices import resolve_device
+from acgan.io import atomic_dir, atomic_write_json
 from acgan.lineage import open_pipeline_run, stage_record
 from acgan.models.ensemble import write_generator
 from acgan.models.sampling import class_grid
@@ -45,7 +45,6 @@ from acgan.train.state import (
     build_state,
     generator_record,
     resolve_amp,
-    resolve_device,
     split_seed,
 )
 
@@ -188,7 +187,7 @@ def _finish(cfg: Config, m: _Member, pack: list[int], amp: bool, seconds: float)
         "class_names": meta["class_names"],
         "packed_with": pack,
     }
-    with checkpoint.atomic_dir(m.out_dir) as tmp:
+    with atomic_dir(m.out_dir) as tmp:
         # recorded where it is written; every later load checks the file against it
         summary["generator_sha256"] = write_generator(generator_record(state, meta), tmp)
         record = stage_record(
@@ -236,7 +235,7 @@ def train_pack(
     check_supported(cfg)
     tracker = tracker or NullTracker()
     t = cfg.train
-    device = resolve_device(t.device)
+    device = resolve_device(t.device, "train.device")
     amp = resolve_amp(t.amp, device)
     members: list[_Member] = []
     parent = None

@@ -23,24 +23,12 @@ from torch import nn
 from torch.optim.adam import adam
 
 from acgan.config import Config
-from acgan.errors import CheckpointError, ConfigError
+from acgan.errors import CheckpointError
 from acgan.models.acgan import DArch, Discriminator, GArch, Generator
 from acgan.models.ensemble import GENERATOR_FORMAT
 
 CHECKPOINT_FORMAT = "acgan.train/1"
 log = logging.getLogger(__name__)
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> CUDA when visible, else CPU; ``cuda`` without a GPU is a config error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(
-            "train.device: cuda requested but no CUDA device is visible; "
-            "use train.device=auto or cpu"
-        )
-    return torch.device(name)
 
 
 def amp_supported(device: torch.device) -> bool:

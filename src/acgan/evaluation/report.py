@@ -20,8 +20,8 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from acgan.checkpoint import atomic_write_json
 from acgan.config import EvalConfig
+from acgan.io import atomic_write_json
 from acgan.metrics import suite
 from acgan.models.ensemble import Ensemble
 from acgan.models.sampling import labelled_grid, latents

@@ -1,6 +1,7 @@
-"""The evaluation stages: train the judge once (``acgan judge``), then judge the ensemble
-(``acgan evaluate``): sample every class from its split's generator, compute the paper's
-figures (:mod:`acgan.metrics.suite`), decide the gate, write the reports, log to MLflow.
+"""The evaluation stage (``acgan evaluate``): sample every class from its split's generator,
+compute the paper's figures (:mod:`acgan.metrics.suite`) with the judge that ``acgan judge``
+trained (:mod:`acgan.evaluation.judge`), decide the gate (:mod:`acgan.evaluation.gate`), write
+the reports (:mod:`acgan.evaluation.report`) and log them to MLflow.
 
 ``judge/``: ``judge.pt`` (plain-dict checkpoint), ``judge.json`` (held-out real accuracy, the
 data hash it was trained on, the cache key), ``training.png``, ``config.json``.
@@ -13,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,20 +22,20 @@ from typing import Any
 import numpy as np
 import torch
 
-from acgan import checkpoint
-from acgan.config import Config, EvalConfig
+from acgan.config import Config
 from acgan.data.ingest import Manifest, load_manifest
 from acgan.data.shards import read_images
 from acgan.data.splits import load_plan
 from acgan.errors import CheckpointError, DataError
-from acgan.evaluate_judge import JudgeResult, judge_key, read_json, train_judge
-from acgan.evaluate_report import grids, headline, render_report, split_statuses, write_plots
-from acgan.lineage import finish_pipeline_run, open_pipeline_run, write_stage_config
+from acgan.evaluation.gate import gate_decision
+from acgan.evaluation.report import grids, headline, render_report, split_statuses, write_plots
+from acgan.io import atomic_write_json, read_json_or_none
+from acgan.lineage import stage
 from acgan.metrics import suite
 from acgan.metrics.judge import JUDGE_FILE, JUDGE_JSON, Judge, holdout_mask, load_judge
 from acgan.models.ensemble import Ensemble
 from acgan.progress import progress_bar
-from acgan.tracking import STAGE_TAG, NullTracker, Tracker
+from acgan.tracking import NullTracker, Tracker
 
 
 @dataclass(frozen=True)
@@ -46,77 +46,6 @@ class EvalResult:
     report: Path
     run_id: str | None
     timings: dict[str, float] = field(default_factory=dict)  # seconds per phase and metric
-
-
-# What to do next when a gate check fails (the last field of GATE_CHECKS).
-_UNRECOGNISED = (
-    "the judge does not recognise the samples' classes: train longer (train.steps) or on a "
-    "GPU, and look at the split runs' sample grids"
-)
-_FAR = (
-    "the samples are far from the real images overall: train longer, and compare the "
-    "report's sample grid with real images of the same classes"
-)
-_ALIKE = (
-    "too many classes' samples look alike: train longer, or act on collapse (monitor.action: "
-    "rollback, monitor.retrain_collapsed: true); the monitor report shows which classes"
-)
-# (figure, comparison, eval.* key of its limit, what to do when the check fails); a limit set
-# to null switches its check off.
-GATE_CHECKS: tuple[tuple[str, str, str, str], ...] = (
-    ("judge_skill", ">=", "min_skill", _UNRECOGNISED),
-    ("fid_ratio", "<=", "max_fid_ratio", _FAR),
-    ("diverse_fraction", ">=", "min_diverse_fraction", _ALIKE),
-    ("judge_accuracy", ">=", "min_accuracy", _UNRECOGNISED),
-    ("fid", "<=", "max_fid", _FAR),
-)
-
-
-def gate_decision(metrics: dict[str, Any], cfg: EvalConfig) -> dict[str, Any]:
-    """Pass when every configured threshold holds; each failure is one reason naming its key
-    and one line of advice (what to do next), in ``reasons`` and ``advice`` alike.
-
-    The default thresholds are relative: to chance and the judge's own accuracy on real images
-    (``judge_skill``), to the FID two sets of real images have (``fid_ratio``), and to the real
-    data's diversity (``diverse_fraction``), so one setting means the same on any dataset; and
-    the ensemble must serve every class of the dataset (``require_all_classes``).
-    """
-    reasons, advice, figures, thresholds = [], [], {}, {}
-    for name, op, key, todo in GATE_CHECKS:
-        limit = getattr(cfg, key)
-        thresholds[key] = limit
-        if limit is None:
-            continue
-        value = metrics.get(name)
-        figures[name] = value
-        if not math.isfinite(float(limit)):  # NaN compares false both ways: never a pass
-            reasons.append(f"eval.{key} is not a finite number ({limit}); set a real threshold")
-            advice.append(f"eval.{key}: set a finite threshold (or null to switch it off)")
-        elif value is None or not math.isfinite(float(value)):
-            reasons.append(f"{name} is missing or not a number ({value}); eval.{key}: {limit:g}")
-            advice.append(f"{name}: re-run `acgan evaluate` and check its log for this figure")
-        elif (value < limit) if op == ">=" else (value > limit):
-            side = "below the minimum" if op == ">=" else "above the maximum"
-            reasons.append(f"{name} {value:.4g} is {side} {limit:g} (eval.{key})")
-            advice.append(f"{name}: {todo}")
-    thresholds["require_all_classes"] = cfg.require_all_classes
-    missing = metrics.get("classes_missing") or []
-    if cfg.require_all_classes and missing:
-        reasons.append(
-            f"the ensemble does not serve {len(missing)} class(es) of the dataset: "
-            f"{', '.join(map(str, missing))} (eval.require_all_classes); retrain their splits"
-        )
-        advice.append(
-            "classes_missing: the monitor excluded their splits (reports/monitor/report.html "
-            "says why); retrain them, or set monitor.retrain_collapsed: true"
-        )
-    return {
-        "passed": not reasons,
-        "reasons": reasons,
-        "advice": advice,
-        "figures": figures,
-        "thresholds": thresholds,
-    }
 
 
 def _check_inputs(ensemble_manifest: Path, judge_dir: Path) -> None:
@@ -150,7 +79,7 @@ def _check_ensemble(ensemble: Ensemble, manifest: Manifest, data_dir: Path) -> N
                 "evaluate against the data the ensemble was trained on"
             )
     for m in ensemble.members:
-        trained_on = (read_json(m.path.parent / "config.json") or {}).get("data_hash")
+        trained_on = (read_json_or_none(m.path.parent / "config.json") or {}).get("data_hash")
         if trained_on and trained_on != manifest.content_hash:
             raise CheckpointError(
                 f"{m.path.parent}: split {m.split_id} was trained on other data (hash "
@@ -220,7 +149,7 @@ def _load_inputs(
         )
     ensemble = Ensemble.from_manifest(ensemble_manifest)
     _check_ensemble(ensemble, manifest, ingested_dir)
-    info = read_json(judge_dir / JUDGE_JSON) or {}
+    info = read_json_or_none(judge_dir / JUDGE_JSON) or {}
     if info.get("data_hash") != manifest.content_hash:
         raise CheckpointError(
             f"{judge_dir / JUDGE_JSON}: the judge was trained on other data (hash "
@@ -305,14 +234,7 @@ def evaluate(
     lap("grids")
 
     tracker = tracker or NullTracker()
-    parent = open_pipeline_run(tracker, cfg, manifest.content_hash, parent_run_id)
     fp = hashlib.sha256(f"{cfg.fingerprint('eval')}{info.get('key')}".encode()).hexdigest()[:16]
-    run = tracker.child_run(
-        parent,
-        "evaluate",
-        tags={STAGE_TAG: "evaluate", "acgan.eval_fingerprint": fp},
-        params=cfg.flat(),
-    )
     inputs = {
         "data": str(ingested_dir),
         "data_hash": manifest.content_hash,
@@ -329,13 +251,22 @@ def evaluate(
             "real_accuracy": info.get("real_accuracy"),
         },
     }
-    splits = split_statuses(read_json(ensemble_manifest) or {}, ensemble)
+    splits = split_statuses(read_json_or_none(ensemble_manifest) or {}, ensemble)
     head = headline(metrics, gate)
-    try:
-        with checkpoint.atomic_dir(out_dir) as tmp:
-            checkpoint.atomic_write_json(tmp / "metrics.json", head)
-            checkpoint.atomic_write_json(tmp / "figures.json", metrics)
-            checkpoint.atomic_write_json(tmp / "gate.json", gate)
+    with stage(
+        "evaluate",
+        cfg,
+        out_dir,
+        data_hash=manifest.content_hash,
+        tracker=tracker,
+        parent_run_id=parent_run_id,
+        tags={"acgan.eval_fingerprint": fp},
+    ) as st:
+        run = st.run
+        with st.output(protocols=protocols, inputs=inputs) as tmp:
+            atomic_write_json(tmp / "metrics.json", head)
+            atomic_write_json(tmp / "figures.json", metrics)
+            atomic_write_json(tmp / "gate.json", gate)
             write_plots(tmp / "plots", figs, data, images)
             report = render_report(
                 metrics,
@@ -352,16 +283,7 @@ def evaluate(
             )
             (tmp / "report.html").write_text(report, encoding="utf-8")
             lap("report")
-            write_stage_config(
-                tmp,
-                cfg,
-                "evaluate",
-                manifest.content_hash,
-                protocols=protocols,
-                inputs=inputs,
-                run_id=run.run_id,
-                timings_s={k: round(v, 3) for k, v in timings.items()},
-            )
+            st.record["timings_s"] = {k: round(v, 3) for k, v in timings.items()}
         run.log_metrics(_flat("", metrics))
         run.log_artifact(out_dir / "plots", "evaluate/plots")
         for name in ("metrics.json", "figures.json", "gate.json", "report.html", "config.json"):
@@ -372,23 +294,11 @@ def evaluate(
             "acgan.split_health": json.dumps({str(s["split_id"]): s["status"] for s in splits}),
         }
         run.set_tags(result_tags)
-        run.end("FINISHED")
         # The pipeline's result, on its parent run: when the gate fails on Kubeflow nothing
         # runs after this stage; when register runs, it adds the version and ends it again.
-        finish_pipeline_run(parent, head, result_tags)
-    except BaseException as exc:  # the run must not stay RUNNING in MLflow
-        run.end("FAILED" if isinstance(exc, Exception) else "KILLED")
-        raise
+        st.finish_pipeline(head, result_tags)
     lap("mlflow")
     return EvalResult(out_dir, metrics, gate, out_dir / "report.html", run.run_id, timings)
 
 
-__all__ = [
-    "EvalResult",
-    "JudgeResult",
-    "evaluate",
-    "gate_decision",
-    "generate_samples",
-    "judge_key",
-    "train_judge",
-]
+__all__ = ["EvalResult", "evaluate", "generate_samples"]
