@@ -10,7 +10,6 @@ import click
 
 from acgan.cli.common import echo_json
 from acgan.errors import AcganError
-from acgan.kfp_runtime import PARAMETERS
 
 
 def _pipelines(name: str) -> ModuleType:
@@ -30,6 +29,8 @@ def _pipelines(name: str) -> ModuleType:
 
 
 def _parameters_epilog() -> str:
+    from acgan.kfp_runtime import PARAMETERS  # here: the other commands need none of it
+
     rows = [
         f"  {p.name:18} {p.type.__name__:5} {json.dumps(p.default):12} {p.help}" for p in PARAMETERS
     ]
@@ -64,7 +65,15 @@ def compile_pipeline(out: str | None, parallelism: int) -> None:
     click.echo(f"compiled -> {path} (parallelism {parallelism or 'unbounded'})")
 
 
-@click.command(epilog=_parameters_epilog())
+class _SubmitCommand(click.Command):
+    """``acgan submit``: its help lists the pipeline's parameters, read when help is shown."""
+
+    def format_epilog(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        self.epilog = _parameters_epilog()
+        super().format_epilog(ctx, formatter)
+
+
+@click.command(cls=_SubmitCommand)
 @click.option("--endpoint", required=True, help="KFP API URL, e.g. http://localhost:8080")
 @click.option(
     "--param",
