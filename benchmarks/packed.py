@@ -90,9 +90,10 @@ def _interleaved(args: dict[str, Any]) -> dict[str, Any]:
     one process: both see the same machine load. The trainer's own step functions; the loops
     around them add nothing measurable (checked on this CPU)."""
     from acgan.config import load
-    from acgan.train.loop import StepRecipe, load_split_data, train_step
-    from acgan.train.packed import PackedNets, packed_step
+    from acgan.train.packed import PackedNets
+    from acgan.train.run import load_split_data
     from acgan.train.state import build_state, resolve_amp
+    from acgan.train.step import StepRecipe, step_split, train_step
 
     device = resolve_device(args["device"])
     cfg = load(None, [*args["overrides"], f"train.device={device.type}"])
@@ -100,16 +101,17 @@ def _interleaved(args: dict[str, Any]) -> dict[str, Any]:
     b = cfg.train.batch_size
     data = [load_split_data(Path(args["splits"]), sid, device)[1] for sid in args["ids"]]
     single = [build_state(cfg, d.num_classes, device, 100 + i) for i, d in enumerate(data)]
-    nets = PackedNets([build_state(cfg, d.num_classes, device, i) for i, d in enumerate(data)])
+    nets = PackedNets([build_state(cfg, d.num_classes, device, i) for i, d in enumerate(data)], amp)
+    recipe = StepRecipe.from_config(cfg.train, amp)
     packed_s, seq_s = [], []
     for r in range(args["warmup"] + args["rounds"]):
         sync(device)
         t = time.perf_counter()
-        packed_step(nets, data, b, amp)
+        train_step(nets, data, recipe)
         sync(device)
         t1 = time.perf_counter()
         for st, d in zip(single, data, strict=True):
-            train_step(st, d, StepRecipe(b, amp))
+            step_split(st, d, recipe)
         sync(device)
         t2 = time.perf_counter()
         if r >= args["warmup"]:
