@@ -89,7 +89,7 @@ def _loop(runs: list[SplitRun], hooks: list[StepHook], amp: bool, progress: bool
                         if r.state.step % t.log_every == 0 or r.state.step == t.steps:
                             due.append(r)
                     if due:  # one host transfer for every split due
-                        rows = torch.stack([r.acc for r in due]).tolist()
+                        rows = torch.stack([r.acc / r.count for r in due]).tolist()
                         now = time.perf_counter()
                         last = [r.log(row, t0, now) for r, row in zip(due, rows, strict=True)]
                         bar.set_postfix(

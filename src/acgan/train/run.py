@@ -197,9 +197,9 @@ class SplitRun:
     # -- per step ----------------------------------------------------------------------------
 
     def log(self, row: list[float], t0: float, now: float) -> dict[str, float]:
-        """Record the figures summed since the last log (``row``) as one history entry."""
+        """Record the mean figures since the last log (``row``) as one history entry."""
         s = self.state.step
-        figures = {n: v / self.count for n, v in zip(METRIC_NAMES, row, strict=True)}
+        figures = dict(zip(METRIC_NAMES, row, strict=True))
         figures["images_per_s"] = (s - self.step0) * self.cfg.train.batch_size / max(now - t0, 1e-9)
         self.state.history.append({"step": s, **figures})
         self.run.log_metrics(figures, step=s)
