@@ -174,6 +174,3 @@ class PackedNets:
 
     def mean(self, t: Tensor) -> Tensor:
         return t.mean(1)
-
-    def close(self) -> None:
-        pass

@@ -265,8 +265,8 @@ class TrainState:
 
 
 def _own(sd: dict[str, Any]) -> dict[str, Any]:
-    """Copy tensors that view a larger storage (the packed trainer's shared BatchNorm
-    statistics): ``torch.save`` would otherwise write the whole pack into each split's file."""
+    """Copy tensors that view a larger storage: ``torch.save`` would otherwise write the whole
+    storage into the file."""
     return {k: v.clone() if v.untyped_storage().nbytes() > v.nbytes else v for k, v in sd.items()}
 
 

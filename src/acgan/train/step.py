@@ -80,7 +80,6 @@ class Nets(Protocol):
         self, fn: Callable[..., tuple[Tensor, ...]], *args: Tensor, **kw: Any
     ) -> tuple[Tensor, ...]: ...  # fn on each split's slice of args -> (K,) results
     def mean(self, t: Tensor) -> Tensor: ...  # (K, B) -> (K,)
-    def close(self) -> None: ...
 
 
 class SingleNets:
@@ -104,9 +103,6 @@ class SingleNets:
 
     def mean(self, t: Tensor) -> Tensor:
         return t[0].mean().unsqueeze(0)
-
-    def close(self) -> None:
-        pass
 
 
 def _d_outputs(
