@@ -7,6 +7,7 @@ in one process) compares the two step functions under the same machine load.
 
     python -m benchmarks.packed             # K = 10 (minutes on a CPU)
     python -m benchmarks.packed --quick     # K = 3, a few steps: a check of the harness
+    python -m benchmarks.packed --quick --mode interleaved --rounds 4 --set recipe=paper
 
 The data is the default synthetic dataset cut into one class per split, so that ten splits of
 one shape exist (the model's cost hardly depends on the class count). Targets (issue 6): on a
@@ -145,6 +146,14 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         help="interleaved steps in one process, whole trainings in their own processes, or both",
     )
     p.add_argument("--work", type=Path, default=default_work(), help="data cache directory")
+    p.add_argument(
+        "--set",
+        dest="sets",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config override for the trained model, e.g. recipe=paper (repeatable)",
+    )
     a = p.parse_args(argv)
     device = resolve_device(a.device)
     k = a.k or (3 if a.quick else 10)
@@ -163,7 +172,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         "warmup": warmup,
         "steps": steps,
         "splits": str(splits),
-        "overrides": ["tracking.enabled=false", *overrides],
+        "overrides": ["tracking.enabled=false", *overrides, *a.sets],
     }
 
     def job(ids_: list[int], pack: int, batched: bool | None = None) -> dict[str, Any]:
