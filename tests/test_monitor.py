@@ -476,3 +476,16 @@ def test_fixed_codes_make_the_stage_agree_with_training(tiny_trained: Any) -> No
     assert last["step"] == tiny_trained.cfg.train.steps
     names = json.loads((tiny_trained.model_dirs[0] / "train.json").read_text())["class_names"]
     assert [last["values"][n] for n in names] == pytest.approx(again, abs=1e-5)
+
+
+def test_the_monitor_imports_nothing_of_the_trainer() -> None:
+    """The monitor detects and decides; the trainer imports it, never the other way round."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, acgan.monitor.stage, acgan.monitor.hook, acgan.monitor.report; "
+        "print(sorted(m for m in sys.modules if m.startswith('acgan.train')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
