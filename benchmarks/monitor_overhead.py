@@ -5,7 +5,7 @@
 
 One check generates ``2 * pairs`` samples per class from fixed codes and computes ``pairs``
 MS-SSIM values per class (``acgan.monitor.detector.sample_msssim``). The training step is the
-trainer's own (``acgan.train.loop.train_step``) on random images of the same shape. Figures are
+trainer's own (``acgan.train.step.step_split``) on random images of the same shape. Figures are
 medians of repeats; they are printed, never asserted.
 """
 
@@ -21,8 +21,8 @@ from acgan.config import load
 from acgan.data.splits import SplitSpec
 from acgan.devices import resolve_device
 from acgan.monitor.detector import sample_msssim
-from acgan.train.loop import SplitData, StepRecipe, train_step
 from acgan.train.state import build_state
+from acgan.train.step import SplitData, StepRecipe, step_split
 
 
 def _sync(device: torch.device) -> None:
@@ -69,12 +69,12 @@ def main(argv: list[str] | None = None) -> None:
     spec = SplitSpec(0, list(range(a.classes)), [f"c{i}" for i in range(a.classes)])
     data = SplitData(spec, images.to(device), labels.to(device))
 
-    train_step(state, data, StepRecipe(a.batch_size, False))  # warm-up
+    step_split(state, data, StepRecipe(a.batch_size, False))  # warm-up
     sample_msssim(state.sampler, a.pairs, seed=0)
     step_s = (
         _median_seconds(
             lambda: [
-                train_step(state, data, StepRecipe(a.batch_size, False)) for _ in range(a.steps)
+                step_split(state, data, StepRecipe(a.batch_size, False)) for _ in range(a.steps)
             ],
             a.repeats,
             device,

@@ -7,6 +7,7 @@ in one process) compares the two step functions under the same machine load.
 
     python -m benchmarks.packed             # K = 10 (minutes on a CPU)
     python -m benchmarks.packed --quick     # K = 3, a few steps: a check of the harness
+    python -m benchmarks.packed --quick --mode interleaved --rounds 4 --set recipe=paper
 
 The data is the default synthetic dataset cut into one class per split, so that ten splits of
 one shape exist (the model's cost hardly depends on the class count). Targets (issue 6): on a
@@ -90,9 +91,10 @@ def _interleaved(args: dict[str, Any]) -> dict[str, Any]:
     one process: both see the same machine load. The trainer's own step functions; the loops
     around them add nothing measurable (checked on this CPU)."""
     from acgan.config import load
-    from acgan.train.loop import StepRecipe, load_split_data, train_step
-    from acgan.train.packed import PackedNets, packed_step
+    from acgan.train.packed import PackedNets
+    from acgan.train.run import load_split_data
     from acgan.train.state import build_state, resolve_amp
+    from acgan.train.step import StepRecipe, step_split, train_step
 
     device = resolve_device(args["device"])
     cfg = load(None, [*args["overrides"], f"train.device={device.type}"])
@@ -100,16 +102,17 @@ def _interleaved(args: dict[str, Any]) -> dict[str, Any]:
     b = cfg.train.batch_size
     data = [load_split_data(Path(args["splits"]), sid, device)[1] for sid in args["ids"]]
     single = [build_state(cfg, d.num_classes, device, 100 + i) for i, d in enumerate(data)]
-    nets = PackedNets([build_state(cfg, d.num_classes, device, i) for i, d in enumerate(data)])
+    nets = PackedNets([build_state(cfg, d.num_classes, device, i) for i, d in enumerate(data)], amp)
+    recipe = StepRecipe.from_config(cfg.train, amp)
     packed_s, seq_s = [], []
     for r in range(args["warmup"] + args["rounds"]):
         sync(device)
         t = time.perf_counter()
-        packed_step(nets, data, b, amp)
+        train_step(nets, data, recipe)
         sync(device)
         t1 = time.perf_counter()
         for st, d in zip(single, data, strict=True):
-            train_step(st, d, StepRecipe(b, amp))
+            step_split(st, d, recipe)
         sync(device)
         t2 = time.perf_counter()
         if r >= args["warmup"]:
@@ -143,6 +146,14 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         help="interleaved steps in one process, whole trainings in their own processes, or both",
     )
     p.add_argument("--work", type=Path, default=default_work(), help="data cache directory")
+    p.add_argument(
+        "--set",
+        dest="sets",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config override for the trained model, e.g. recipe=paper (repeatable)",
+    )
     a = p.parse_args(argv)
     device = resolve_device(a.device)
     k = a.k or (3 if a.quick else 10)
@@ -161,7 +172,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         "warmup": warmup,
         "steps": steps,
         "splits": str(splits),
-        "overrides": ["tracking.enabled=false", *overrides],
+        "overrides": ["tracking.enabled=false", *overrides, *a.sets],
     }
 
     def job(ids_: list[int], pack: int, batched: bool | None = None) -> dict[str, Any]:

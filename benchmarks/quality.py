@@ -141,7 +141,7 @@ def run_recipe(
     from acgan.config import load, replace
     from acgan.data.splits import load_plan
     from acgan.evaluation.stage import evaluate
-    from acgan.monitor import run_monitor
+    from acgan.monitor.stage import run_monitor
     from acgan.train import train_split_with_monitor
 
     cfg = load(None, overrides)

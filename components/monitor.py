@@ -24,8 +24,8 @@ def monitor(
     from pathlib import Path
 
     from acgan.kfp_runtime import TASK_SOURCE, load_config, log_figures, models_root, pack_ensemble
-    from acgan.monitor import run_monitor
     from acgan.monitor.detector import COLLAPSED
+    from acgan.monitor.stage import run_monitor
     from acgan.tracking import make_tracker
 
     cfg = load_config(config)

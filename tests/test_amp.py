@@ -13,8 +13,10 @@ from torch import nn
 
 from acgan.config import Config
 from acgan.train import train_split
-from acgan.train.loop import StepRecipe, load_split_data, train_step
+from acgan.train.packed import PackedNets
+from acgan.train.run import load_split_data
 from acgan.train.state import amp_supported, build_state
+from acgan.train.step import StepRecipe, step_split, train_step
 
 CPU = torch.device("cpu")
 
@@ -40,8 +42,8 @@ def test_bf16_autocast_still_trains(
     conv = next(m for m in bf16.D.modules() if isinstance(m, nn.Conv2d))
     conv.register_forward_hook(lambda _m, _i, out: seen.append(out.dtype))
     for _ in range(2):
-        f32 = train_step(fp32, data, StepRecipe(batch_size=2, amp=False))
-        f16 = train_step(bf16, data, StepRecipe(batch_size=2, amp=True))
+        f32 = step_split(fp32, data, StepRecipe(batch_size=2, amp=False))
+        f16 = step_split(bf16, data, StepRecipe(batch_size=2, amp=True))
         assert torch.isfinite(f16).all(), f16
         # Same losses to bf16 precision (the batches and noise are the same draws).
         torch.testing.assert_close(f16[:2], f32[:2], rtol=0.1, atol=0.1)
@@ -77,3 +79,32 @@ def test_amp_runs_only_where_bf16_is_fast(
     assert summary["amp"] is amp_supported(CPU)
     assert ("train.amp" in caplog.text) is (not amp_supported(CPU))
     assert all(v == v for v in res.metrics.values())  # no NaN
+
+
+def test_bf16_autocast_trains_a_pack(
+    make_cfg: Callable[..., Config], synthetic_splits: Path
+) -> None:
+    """The packed model under bf16 autocast (the CUDA path's precision; forced on the CPU):
+    the convolutions run in bf16, D's dropout masks come in bf16, the figures are finite and
+    the master weights stay fp32 and move."""
+    cfg = make_cfg()
+    _, data = load_split_data(synthetic_splits, 0, CPU)
+    states = [build_state(cfg, data.num_classes, CPU, seed=s) for s in (11, 12)]
+    start = [p.detach().clone() for p in states[1].G.parameters()]
+    seen: list[torch.dtype] = []
+    conv = next(m for m in states[0].D.modules() if isinstance(m, nn.Conv2d))
+    # the pack runs a copy of the modules' structure: watch the functional call's kernels
+    nets = PackedNets(states, amp=True)
+    assert all(m.dtype == torch.bfloat16 for m in nets._masks(2).values())
+    hook = torch.nn.modules.module.register_module_forward_hook(
+        lambda m, _i, out: seen.append(out.dtype) if isinstance(m, nn.Conv2d) else None
+    )
+    try:
+        figures = train_step(nets, [data, data], StepRecipe(batch_size=2, amp=True))
+    finally:
+        hook.remove()
+    assert figures.shape == (2, 6) and torch.isfinite(figures).all(), figures
+    assert seen and set(seen) == {torch.bfloat16}
+    assert conv.weight.dtype == torch.float32
+    assert all(p.dtype == torch.float32 for s in states for p in s.G.parameters())
+    assert _update(states[1].G, start).abs().max() > 0.5 * cfg.train.lr

@@ -47,9 +47,6 @@ LAYERS: tuple[tuple[str, ...], ...] = (
 )
 # (importer, imported) pairs that the design forbids although the layers allow them.
 FORBIDDEN = (("acgan.evaluation", "acgan.registry"),)
-# The one cycle known today: monitor.stage retrains splits (imports acgan.train) while
-# acgan.train imports monitor.hook. Helper T removes it in issue 12 (deliverable 2).
-KNOWN_CYCLE_EDGES = {("acgan.monitor.stage", "acgan.train")}
 
 
 def module_name(path: Path) -> str:
@@ -188,31 +185,11 @@ def _package_imports(edges: dict[str, frozenset[str]]) -> dict[str, frozenset[st
     return {m: frozenset(t for t in ts if not m.startswith(t + ".")) for m, ts in edges.items()}
 
 
-def _without_known(edges: dict[str, frozenset[str]]) -> dict[str, frozenset[str]]:
-    return {
-        m: frozenset(
-            t
-            for t in ts
-            if not any(m == a and (t == b or t.startswith(b + ".")) for a, b in KNOWN_CYCLE_EDGES)
-        )
-        for m, ts in edges.items()
-    }
-
-
-def test_no_import_cycles_besides_the_known_one() -> None:
-    found = cycles(_without_known(_package_imports(graph())))
+def test_no_import_cycles() -> None:
+    found = cycles(_package_imports(graph()))
     assert not found, "import cycles (imports inside functions count): " + "; ".join(
         " <-> ".join(c) for c in found
     )
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 12: monitor.stage imports acgan.train while acgan.train imports "
-    "monitor.hook; Helper T (branch i12-trainer) removes this cycle, then drop this mark",
-)
-def test_no_import_cycles_at_all() -> None:
-    assert not cycles(_package_imports(graph()))
 
 
 def test_imports_run_downward_only() -> None:

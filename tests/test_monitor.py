@@ -26,7 +26,7 @@ from acgan.data.splits import load_plan
 from acgan.errors import AcganError, DataError
 from acgan.models.acgan import Generator
 from acgan.models.ensemble import read_manifest
-from acgan.monitor import CollapseMonitor, run_monitor, sample_msssim, status, thresholds_for
+from acgan.monitor import status
 from acgan.monitor.detector import (
     COLLAPSED,
     COLLAPSING,
@@ -35,9 +35,12 @@ from acgan.monitor.detector import (
     apply_rule,
     monitor_seed,
     replay,
+    sample_msssim,
     split_status,
+    thresholds_for,
 )
-from acgan.monitor.stage import set_aside
+from acgan.monitor.hook import CollapseMonitor
+from acgan.monitor.stage import run_monitor, set_aside
 from acgan.train import train_split, train_split_with_monitor
 
 # One check per step; the trainer's own checkpoints only at the end, so that the checkpoints
@@ -57,16 +60,21 @@ MON = (
 
 class CollapseInjector:
     """From step ``start`` on (while the monitor's rollback count is in ``branches``, if
-    given), make G and its EMA copy ignore the noise: one image per class."""
+    given; in the run of seed ``seed`` only, if given), make G and its EMA copy ignore the
+    noise: one image per class."""
 
     every = 1
 
-    def __init__(self, start: int, branches: tuple[int, ...] | None = None) -> None:
-        self.start, self.branches = start, branches
+    def __init__(
+        self, start: int, branches: tuple[int, ...] | None = None, seed: int | None = None
+    ) -> None:
+        self.start, self.branches, self.seed = start, branches, seed
 
     def __call__(self, ctx: Any) -> None:
-        rollbacks = ctx.state.extra.get("monitor", {}).get("rollbacks", 0)
+        rollbacks = ctx.state.monitor.rollbacks if ctx.state.monitor is not None else 0
         if ctx.state.step < self.start or rollbacks not in (self.branches or (rollbacks,)):
+            return
+        if self.seed is not None and ctx.seed != self.seed:
             return
         with torch.no_grad():
             for G in (ctx.state.G, ctx.state.sampler):
@@ -305,7 +313,7 @@ def models_with_collapse(
 ) -> tuple[Config, Path]:
     """models/split_0 collapsed (action warn: trained on), models/split_1 trained normally
     (the shared tiny run's: the stage replays its curve against its own threshold)."""
-    cfg = make_cfg(*MON, "train.steps=3", "monitor.patience=2")
+    cfg = make_cfg(*MON, "train.steps=3", "monitor.patience=2", "monitor.retrain_collapsed=false")
     models = tmp_path / "models"
     train_split_with_monitor(
         cfg,
@@ -320,7 +328,7 @@ def models_with_collapse(
     return cfg, models
 
 
-def test_run_monitor_excludes_then_retrains_a_collapsed_split(
+def test_run_monitor_excludes_a_collapsed_split(
     models_with_collapse: tuple[Config, Path],
     synthetic_splits: Path,
     tmp_path: Path,
@@ -357,31 +365,45 @@ def test_run_monitor_excludes_then_retrains_a_collapsed_split(
     assert f"Split 0: {status.badge(COLLAPSED)} <small>5 of 5 classes collapsed</small>" in html
     assert doc["excluded"][0]["status"] == COLLAPSED
 
-    res2 = run_monitor(
-        replace(cfg, monitor={"retrain_collapsed": True}),
-        synthetic_splits,
-        Path("models"),
-        Path("reports/monitor2"),
-        checkpoint_root=Path("checkpoints"),
-        progress=False,
-    )
-    out2 = tmp_path / "reports/monitor2"
-    assert not res2.excluded
-    assert read_manifest(out2 / "ensemble.json") == [
-        tmp_path / "reports/monitor2/retrained/split_0",
-        tmp_path / "models/split_1",
-    ]
-    retrained = json.loads((out2 / "retrained/split_0/train.json").read_text())
+
+def test_the_trainer_retrains_a_collapsed_split_and_the_stage_says_so(
+    models_with_collapse: tuple[Config, Path],
+    synthetic_splits: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """monitor.retrain_collapsed: the trainer, not the monitor stage, trains a split its
+    monitor left collapsed once more from scratch (new seed) into the same output."""
+    from acgan.train.state import split_seed
+
+    cfg, models = models_with_collapse
+    cfg = replace(cfg, monitor={"retrain_collapsed": True})
+    first_seed = split_seed(cfg.train.seed, 0)
+    res = train_split_with_monitor(
+        cfg, 0, synthetic_splits, models / "split_0", tmp_path / "ck2", progress=False,
+        hooks=[CollapseInjector(start=2, seed=first_seed)],  # the first attempt collapses
+    )  # fmt: skip
+    assert res.attempt == 1 and not res.collapsed and res.step == 3
+    summary = json.loads((models / "split_0/train.json").read_text())
+    assert summary["attempt"] == 1 and summary["seed"] == split_seed(cfg.train.seed, 0, 1)
+    first = summary["retrained_from"]
+    assert first["attempt"] == 0 and first["step"] == 3 and len(first["collapsed_classes"]) == 5
+    assert {e["step"] for e in first["events"]} == {3}
+    assert not summary.get("collapsed_classes")
+    ck = {p.name[-2:] for p in (tmp_path / "ck2/split_0").iterdir()}
+    assert ck == {"a0", "a1"}  # each attempt its own checkpoints: a re-run resumes both
+
+    monkeypatch.chdir(tmp_path)
+    out = run_monitor(cfg, synthetic_splits, Path("models"), Path("mon"), progress=False)
+    assert not out.excluded
+    doc = json.loads((tmp_path / "mon/monitor.json").read_text())
+    s0 = doc["splits"]["0"]
+    assert s0["status"] == "retrained" and doc["members"][0]["status"] == "retrained"
+    assert s0["retrained"]["status"] != COLLAPSED
+    assert s0["retrained"]["first_attempt"]["collapsed_classes"] == first["collapsed_classes"]
     assert (
-        retrained["attempt"] == 1
-        and retrained["seed"] != json.loads((models / "split_0/train.json").read_text())["seed"]
+        "Retrained once in training with a new seed" in (tmp_path / "mon/report.html").read_text()
     )
-    doc2 = json.loads((out2 / "monitor.json").read_text())
-    s0 = doc2["splits"]["0"]
-    assert s0["status"] == "retrained" and s0["collapsed_classes"]  # what happened, and why
-    assert s0["retrained"]["status"] != COLLAPSED and s0["retrained"]["step"] == 3
-    assert doc2["members"][0]["status"] == "retrained"
-    assert (out2 / "plots/split_0_retrained.png").is_file()
 
 
 def test_run_monitor_bad_input_is_one_line(tiny_trained: Any, tmp_path: Path) -> None:
@@ -457,3 +479,16 @@ def test_fixed_codes_make_the_stage_agree_with_training(tiny_trained: Any) -> No
     assert last["step"] == tiny_trained.cfg.train.steps
     names = json.loads((tiny_trained.model_dirs[0] / "train.json").read_text())["class_names"]
     assert [last["values"][n] for n in names] == pytest.approx(again, abs=1e-5)
+
+
+def test_the_monitor_imports_nothing_of_the_trainer() -> None:
+    """The monitor detects and decides; the trainer imports it, never the other way round."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, acgan.monitor.stage, acgan.monitor.hook, acgan.monitor.report; "
+        "print(sorted(m for m in sys.modules if m.startswith('acgan.train')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -18,8 +18,8 @@ from acgan.models.acgan import DArch, Discriminator, GArch, Generator, GSpec
 from acgan.models.layers import MinibatchStd, PixelNorm
 from acgan.models.losses import d_loss, g_loss
 from acgan.train import augment
-from acgan.train.loop import SplitData, StepRecipe, train_step
 from acgan.train.state import build_state
+from acgan.train.step import SplitData, StepRecipe, step_split
 
 
 def _weights(module: nn.Module) -> list[torch.Tensor]:
@@ -122,7 +122,7 @@ def test_train_step_applies_the_same_augmentation_to_real_and_fake(monkeypatch) 
 
     monkeypatch.setattr(augment, "apply", spy)
     _, state = _state("train.augment=[color, translation, cutout]")
-    train_step(state, _tiny_data(), StepRecipe(8, False, augment=tuple(augment.POLICIES)))
+    step_split(state, _tiny_data(), StepRecipe(8, False, augment=tuple(augment.POLICIES)))
     assert len(calls) == 3  # D: real and fake; G: fake
     assert calls[0] is calls[1] and calls[2] is not calls[0]
 
@@ -131,7 +131,7 @@ def test_d_steps_and_learning_rates() -> None:
     _, state = _state("train.lr_g=0.0001", "train.lr_d=0.0004", "train.d_steps=3")
     assert state.opt_g.param_groups[0]["lr"] == pytest.approx(1e-4)
     assert state.opt_d.param_groups[0]["lr"] == pytest.approx(4e-4)
-    train_step(state, _tiny_data(), StepRecipe(8, False, d_steps=3))
+    step_split(state, _tiny_data(), StepRecipe(8, False, d_steps=3))
     first = next(iter(state.opt_d.state.values()))["step"]
     assert int(first) == 3 and int(next(iter(state.opt_g.state.values()))["step"]) == 1
     state.set_lr_scale(0.5)  # a monitor rollback halves both, keeping their ratio
@@ -143,7 +143,7 @@ def test_joint_batch_runs_d_once_per_update() -> None:
         _, state = _state("model.d_dropout=0")
         seen: list[int] = []
         state.D.register_forward_hook(lambda m, i, o, seen=seen: seen.append(i[0].shape[0]))
-        train_step(state, _tiny_data(), StepRecipe(8, False, d_joint_batch=joint))
+        step_split(state, _tiny_data(), StepRecipe(8, False, d_joint_batch=joint))
         assert len(seen) == calls_per_step
         assert seen[0] == (16 if joint else 8)
 
@@ -158,7 +158,7 @@ def test_hinge_step_and_every_option_train_without_nan() -> None:
     )  # fmt: skip
     recipe = StepRecipe(8, False, loss="hinge", fake_class_loss=False, augment=("translation",))
     for _ in range(3):
-        figures = train_step(state, _tiny_data(), recipe)
+        figures = step_split(state, _tiny_data(), recipe)
     assert torch.isfinite(figures).all()
 
 
@@ -227,16 +227,6 @@ def test_recipe_errors_are_one_line(tmp_path: Path) -> None:
         config.load(None, [f"recipe={nested}"])
     with pytest.raises(ConfigError, match="train.augment"):
         config.load(None, ["train.augment=[rotate]"])
-
-
-def test_packed_training_refuses_what_it_does_not_implement(
-    make_cfg: Callable[..., Config],
-) -> None:
-    from acgan.train.packed import check_supported
-
-    check_supported(make_cfg("recipe=paper"))
-    with pytest.raises(ConfigError, match="model.d_spectral_norm.*train.pack"):
-        check_supported(make_cfg("recipe=paper", "model.d_spectral_norm=true"))
 
 
 SLICE = Path(__file__).parent / "data" / "fashion-mnist-slice"

@@ -212,8 +212,8 @@ class MonitorConfig:
     )
     retrain_collapsed: bool = _f(
         True,
-        "retrain a collapsed split (and any split no more diverse than it) once with a new seed "
-        "instead of only excluding it",
+        "a split whose collapse monitor leaves classes collapsed at the end of training is "
+        "trained once more from scratch with a new seed (by the trainer, into the same output)",
     )
 
 

@@ -115,7 +115,7 @@ def monitor(
       acgan monitor --set monitor.retrain_collapsed=true   # retrain collapsed splits once
       acgan monitor --set monitor.threshold=0.3            # explicit MS-SSIM threshold
     """
-    from acgan.monitor import run_monitor
+    from acgan.monitor.stage import run_monitor
     from acgan.tracking import make_tracker
 
     res = run_monitor(

@@ -46,9 +46,22 @@ def dropout_mask(
 
 class Dropout(nn.Dropout):
     """``nn.Dropout`` (same p, same train/eval behaviour, same distribution) with the CPU mask
-    from :func:`dropout_mask`; elsewhere the fused kernel of ``F.dropout``."""
+    from :func:`dropout_mask`; elsewhere the fused kernel of ``F.dropout``.
+
+    ``mask``: a buffer (not saved) that is None unless a caller supplies the multiplier: the
+    packed trainer passes each split's mask, drawn from that split's own stream, through
+    ``torch.func.functional_call`` (a module under ``vmap`` cannot draw per-split streams).
+    """
+
+    mask: Tensor | None
+
+    def __init__(self, p: float = 0.5, inplace: bool = False) -> None:
+        super().__init__(p, inplace)
+        self.register_buffer("mask", None, persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.training and self.mask is not None:
+            return x * self.mask
         if not self.training or self.p == 0 or x.device.type != "cpu":
             return super().forward(x)
         return x * dropout_mask(x.shape, self.p, x)

@@ -127,9 +127,12 @@ def _split_section(sid: str, rec: Mapping[str, Any]) -> str:
         extra += f"<p class='bad'>Excluded from the ensemble: {_esc(rec['excluded'])}</p>"
     if rec.get("retrained"):
         r = rec["retrained"]
+        first = r.get("first_attempt") or {}
+        gone = ", ".join(first.get("collapsed_classes") or []) or "?"
         extra += (
-            f"<p>Retrained once with a new seed &rarr; <code>{_esc(r['model_dir'])}</code>: "
-            f"{status.badge(r['status'])}</p>"
+            f"<p>Retrained once in training with a new seed (the first attempt left "
+            f"{_esc(gone)} collapsed at step {_esc(str(first.get('step', '?')))}) &rarr; "
+            f"<code>{_esc(r['model_dir'])}</code>: {status.badge(r['status'])}</p>"
         )
     # The headline carries the class tally, so it never reads "healthy" above a table of
     # classes that are not.

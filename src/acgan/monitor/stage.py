@@ -11,15 +11,16 @@ Each class is judged against its own real reference (``healthy``, ``not_converge
 one figure, their *excess*: how far the least diverse class sits above its own threshold. A
 collapsed split is set aside only when it is less diverse than every split that stays (so a
 split is never excluded while a less diverse one is kept: a collapsed split that still beats
-a kept one stays, with its status saying what happened). A split set aside is retrained once
-with a new seed (``monitor.retrain_collapsed``, attempt 1 of
-:func:`acgan.train.train_split_with_monitor`, into ``out_dir/retrained/split_<id>``); the
-better of its two outputs is ranked again by the same rule, or the split is excluded with the
-reason. An ensemble that misses classes fails the evaluation gate
-(``eval.require_all_classes``). Outputs, written atomically into ``out_dir``:
-``monitor.json``, ``plots/split_<id>.png``, ``report.html``, ``ensemble.json`` (the manifest
-evaluation and registration read) and ``config.json``; all of it is logged to the MLflow child
-run ``monitor`` of the pipeline run.
+a kept one stays, with its status saying what happened). The stage retrains nothing: with
+``monitor.retrain_collapsed`` the *trainer* already trained a split its monitor left collapsed
+once more with a new seed, into the same ``models/split_<id>`` (its ``train.json`` records the
+first attempt under ``retrained_from``); such a split is shown as ``retrained`` when it is
+kept, and excluded with the reason when it is still set aside. An ensemble that misses classes
+fails the evaluation gate (``eval.require_all_classes``). Outputs, written atomically into
+``out_dir``: ``monitor.json``, ``plots/split_<id>.png``, ``report.html``, ``ensemble.json``
+(the manifest evaluation and registration read) and ``config.json``; all of it is logged to
+the MLflow child run ``monitor`` of the pipeline run. This stage imports nothing of
+:mod:`acgan.train`.
 """
 
 from __future__ import annotations
@@ -34,8 +35,8 @@ from typing import Any
 from acgan.config import Config
 from acgan.data.splits import SplitPlan, load_plan
 from acgan.errors import DataError
-from acgan.io import atomic_dir, atomic_write_json, one_line
-from acgan.lineage import open_pipeline_run, write_stage_config
+from acgan.io import atomic_write_json, read_json
+from acgan.lineage import stage
 from acgan.metrics.msssim import protocol
 from acgan.models.ensemble import find_split_dirs, load_member, write_manifest
 from acgan.monitor import report
@@ -51,7 +52,7 @@ from acgan.monitor.detector import (
 )
 from acgan.monitor.status import RETRAINED
 from acgan.progress import progress_bar
-from acgan.tracking import STAGE_TAG, NullTracker, Tracker
+from acgan.tracking import NullTracker, Tracker
 
 log = logging.getLogger(__name__)
 
@@ -70,19 +71,8 @@ class MonitorResult:
 
 
 def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        obj = json.loads(path.read_text())
-    except FileNotFoundError as exc:
-        raise DataError(
-            f"{path}: missing from the split's training output; re-run `acgan train` for it"
-        ) from exc
-    except (OSError, ValueError) as exc:
-        raise DataError(
-            f"{path}: unreadable ({one_line(exc)}); re-run `acgan train` for this split"
-        ) from exc
-    if not isinstance(obj, dict):
-        raise DataError(f"{path}: expected a JSON object; re-run `acgan train` for this split")
-    return obj
+    """A JSON object of the split's training output (a one-line DataError otherwise)."""
+    return read_json(path, "re-run `acgan train` for this split", "training output", DataError)
 
 
 def assess_split(cfg: Config, plan: SplitPlan, split_id: int, model_dir: Path) -> dict[str, Any]:
@@ -152,6 +142,7 @@ def assess_split(cfg: Config, plan: SplitPlan, split_id: int, model_dir: Path) -
         "classes": classes,
         "events": [e for e in history.get("events", []) if e.get("source") == "monitor"],
         "curve": curve,
+        **({"retrained_from": train["retrained_from"]} if train.get("retrained_from") else {}),
     }
 
 
@@ -194,34 +185,32 @@ def run_monitor(
     checkpoint_root: Path = Path("checkpoints"),
     progress: bool = True,
 ) -> MonitorResult:
-    """Assess every split of ``cfg.split.ids`` under ``models_root``; write ``out_dir``."""
+    """Assess every split of ``cfg.split.ids`` under ``models_root``; write ``out_dir``.
+
+    ``checkpoint_root`` is accepted for callers of the earlier stage, which retrained
+    collapsed splits itself; the trainer does that now, so it is unused."""
+    del checkpoint_root
     tracker = tracker or NullTracker()
     splits_dir, models_root, out_dir = Path(splits_dir), Path(models_root), Path(out_dir)
     plan = load_plan(splits_dir)
     dirs = find_split_dirs(models_root, cfg.split.ids)
-    parent = open_pipeline_run(tracker, cfg, plan.data_hash, parent_run_id)
-    run = tracker.child_run(parent, "monitor", tags={STAGE_TAG: "monitor"}, params=cfg.flat())
-    links = {"run": tracker.run_url(run.run_id), "hint": tracker.ui_hint}
-    status = "FAILED"
-    try:
-        with atomic_dir(out_dir) as tmp:
+    with stage(
+        "monitor", cfg, out_dir, data_hash=plan.data_hash, tracker=tracker,
+        parent_run_id=parent_run_id,
+    ) as st:  # fmt: skip
+        links = {"run": tracker.run_url(st.run.run_id), "hint": tracker.ui_hint}
+        with st.output() as tmp:
             result = _assess_all(
                 cfg,
                 plan,
                 dict(zip(cfg.split.ids, dirs, strict=True)),
                 tmp,
                 out_dir,
-                tracker=tracker,
-                parent_id=parent.run_id,
-                checkpoint_root=checkpoint_root,
                 progress=progress,
                 links=links,
             )
-        result.run_id = run.run_id
-        _log(run, result)
-        status = "FINISHED"
-    finally:
-        run.end(status)
+        result.run_id = st.run.run_id
+        _log(st.run, result)
     return result
 
 
@@ -232,13 +221,10 @@ def _assess_all(
     tmp: Path,
     out_dir: Path,
     *,
-    tracker: Tracker,
-    parent_id: str,
-    checkpoint_root: Path,
     progress: bool,
     links: dict[str, str | None],
 ) -> MonitorResult:
-    """Everything but the MLflow run: assess, retrain or exclude, write the files into ``tmp``
+    """Everything but the MLflow run: assess, keep or exclude, write the files into ``tmp``
     (which becomes ``out_dir``)."""
     m = cfg.monitor
     splits: dict[int, dict[str, Any]] = {}
@@ -250,33 +236,22 @@ def _assess_all(
         plots[f"split {sid}"] = report.plot_split(rec, tmp / "plots" / f"split_{sid}.png")
         splits[sid] = rec
     aside = set_aside(splits)
-    chosen: dict[int, dict[str, Any]] = {sid: r for sid, r in splits.items() if sid not in aside}
-    for sid in sorted(aside):
-        log.warning("split %d set aside: %s", sid, _reason(splits[sid], cfg))
-        if not m.retrain_collapsed:
-            continue
-        again = _retrain(
-            cfg, plan, sid, tmp, out_dir, tracker, parent_id, checkpoint_root, progress
-        )
-        splits[sid]["retrained"] = again
-        plots[f"split {sid} (retrained)"] = report.plot_split(
-            again, tmp / "plots" / f"split_{sid}_retrained.png"
-        )
-        # the better of the two outputs is ranked again with the others, by the same rule
-        chosen[sid] = again if again["excess"] < splits[sid]["excess"] else splits[sid]
-    still = set_aside(chosen) if aside else set()
     members, excluded = [], []
     for sid in sorted(splits):
         rec = splits[sid]
-        if sid not in aside or (m.retrain_collapsed and sid not in still):
-            out = chosen[sid]
-            if out is not rec:
+        first = rec.pop("retrained_from", None)
+        if first:  # the trainer retrained it (monitor.retrain_collapsed): say so
+            rec["retrained"] = {"model_dir": rec["model_dir"], "status": rec["status"],
+                                "first_attempt": first}  # fmt: skip
+        if sid not in aside:
+            if first:
                 rec["status"] = RETRAINED  # the split's standing in the ensemble
-            members.append(_member(out, rec))
+            members.append(_member(rec))
             continue
         reason = _reason(rec, cfg)
-        if "retrained" in rec:
-            reason = f"retrained once with a new seed, still set aside; first run {reason}"
+        log.warning("split %d set aside: %s", sid, reason)
+        if first:
+            reason = f"retrained once with a new seed, still set aside; {reason}"
         rec["excluded"] = reason
         excluded.append(
             {
@@ -308,66 +283,29 @@ def _assess_all(
     atomic_write_json(tmp / MONITOR_JSON, summary)
     manifest = write_manifest(tmp / "ensemble.json", members, excluded)
     report.write_html(summary, plots, tmp / REPORT_HTML, links)
-    write_stage_config(tmp, cfg, "monitor", plan.data_hash)
     return MonitorResult(out_dir, out_dir / manifest.name, splits, members, excluded)
 
 
-def _member(output: Mapping[str, Any], rec: Mapping[str, Any]) -> dict[str, Any]:
-    """An ensemble manifest entry: the directory of the ``output`` chosen for split ``rec``."""
+def _member(rec: Mapping[str, Any]) -> dict[str, Any]:
+    """An ensemble manifest entry for split ``rec``."""
     return {
         "split_id": rec["split_id"],
-        "model_dir": output["model_dir"],
+        "model_dir": rec["model_dir"],
         "status": rec["status"],
-        "classes": [c["class"] for c in output["classes"].values()],
-        "sha256": output.get("generator_sha256"),  # every load of the file checks it
+        "classes": [c["class"] for c in rec["classes"].values()],
+        "sha256": rec.get("generator_sha256"),  # every load of the file checks it
     }
 
 
 def _public(rec: Mapping[str, Any]) -> dict[str, Any]:
     """A split record for monitor.json: the curves stay in history.json and the plots."""
-    out = {k: v for k, v in rec.items() if k != "curve"}
-    if "retrained" in out:
-        out["retrained"] = _public(out["retrained"])
-    return out
-
-
-def _retrain(
-    cfg: Config,
-    plan: SplitPlan,
-    sid: int,
-    tmp: Path,
-    out_dir: Path,
-    tracker: Tracker,
-    parent_id: str,
-    checkpoint_root: Path,
-    progress: bool,
-) -> dict[str, Any]:
-    """Train split ``sid`` again (attempt 1: a new seed) and assess the new output."""
-    from acgan.train import train_split_with_monitor  # the trainer imports this package
-
-    where = tmp / "retrained" / f"split_{sid}"
-    log.info("split %d set aside: retraining once with a new seed -> %s", sid, where)
-    train_split_with_monitor(
-        cfg,
-        sid,
-        plan.root,
-        where,
-        checkpoint_root,
-        tracker,
-        parent_run_id=parent_id,
-        attempt=1,
-        progress=progress,
-    )
-    rec = assess_split(cfg, plan, sid, where)
-    rec["model_dir"] = str(out_dir / "retrained" / f"split_{sid}")
-    return rec
+    return {k: v for k, v in rec.items() if k != "curve"}
 
 
 def _log(run: Any, result: MonitorResult) -> None:
     metrics: dict[str, float] = {}
     for sid, rec in result.splits.items():
-        final = rec.get("retrained") or rec
-        for name, c in final["classes"].items():
+        for name, c in rec["classes"].items():
             key = f"final_msssim/split_{sid}/{metric_key(name, c['class'])}"
             metrics[key] = c["final_msssim"]
         metrics[f"collapsed_classes/split_{sid}"] = len(rec["collapsed_classes"])

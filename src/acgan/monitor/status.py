@@ -62,7 +62,8 @@ _ALL = (
     Status(
         RETRAINED,
         "retrained",
-        "set aside, then retrained once with a new seed; the retrained generator is used",
+        "collapsed in training, then retrained once with a new seed; the retrained generator "
+        "is used",
         "#0969da",
         True,
     ),

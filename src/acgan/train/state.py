@@ -20,12 +20,12 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.optim.adam import adam
 
 from acgan.config import Config
 from acgan.errors import CheckpointError
 from acgan.models.acgan import DArch, Discriminator, GArch, Generator
 from acgan.models.ensemble import GENERATOR_FORMAT
+from acgan.monitor.decision import MonitorState
 
 CHECKPOINT_FORMAT = "acgan.train/1"
 log = logging.getLogger(__name__)
@@ -135,47 +135,6 @@ def make_adam(params: Any, cfg: Config, device: torch.device, lr: float) -> torc
         return torch.optim.Adam(params, foreach=True, **kwargs)
 
 
-_ADAM_KEYS = ("lr", "betas", "eps", "weight_decay", "amsgrad", "maximize", "foreach", "fused",
-              "capturable", "differentiable", "decoupled_weight_decay")  # fmt: skip
-
-
-@torch.no_grad()
-def step_adams(opts: Sequence[torch.optim.Optimizer]) -> None:
-    """``opt.step()`` for several Adam optimizers (a pack's splits), in one functional call per
-    distinct setting instead of one call per split: the per-call Python overhead is what a
-    GPU step of these small models waits for. The same kernels on the same tensors as each
-    ``step()``; optimizers that are not plain Adam are stepped one by one."""
-    batches: dict[tuple[Any, ...], tuple[list[list[torch.Tensor]], dict[str, Any]]] = {}
-    for opt in opts:
-        hooked = opt._optimizer_step_pre_hooks or opt._optimizer_step_post_hooks
-        if type(opt) is not torch.optim.Adam or hooked or getattr(opt, "grad_scale", None):
-            opt.step()
-            continue
-        for group in opt.param_groups:
-            key = tuple(str(group.get(k)) for k in _ADAM_KEYS)
-            lists, flags = batches.setdefault(key, ([[] for _ in range(6)], {"group": group}))
-            # Adam.step's own lazy state initialisation, into the optimizer's own state.
-            flags["complex"] = opt._init_group(group, *lists) or flags.get("complex", False)
-    for lists, flags in batches.values():
-        g = flags["group"]
-        adam(
-            *lists,
-            foreach=g["foreach"],
-            capturable=g["capturable"],
-            differentiable=g["differentiable"],
-            fused=g["fused"],
-            has_complex=flags["complex"],
-            decoupled_weight_decay=g.get("decoupled_weight_decay", False),
-            amsgrad=g["amsgrad"],
-            beta1=g["betas"][0],
-            beta2=g["betas"][1],
-            lr=g["lr"],
-            weight_decay=g["weight_decay"],
-            eps=g["eps"],
-            maximize=g["maximize"],
-        )
-
-
 @dataclass
 class TrainState:
     G: Generator
@@ -189,7 +148,13 @@ class TrainState:
     lr_scale: float  # the monitor's rollbacks multiply both learning rates by a factor
     base_lr: tuple[float, float]  # G's and D's configured learning rates
     step: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)  # e.g. the monitor's state
+    # The record of the run so far, saved in every checkpoint (so a resume or a rollback
+    # continues it): the logged figures, the events, and what the step hooks decided.
+    history: list[dict[str, float]] = field(default_factory=list)
+    events: list[dict[str, Any]] = field(default_factory=list)
+    stopped: bool = False  # a hook ended training: a re-run reproduces the stop
+    protect: int | None = None  # the healthy step a rollback returns to (never pruned)
+    monitor: MonitorState | None = None  # the collapse monitor's record of this split
     # D's dropout stream when packed (None: the process-wide RNG of ``device``).
     dropout_gen: torch.Generator | None = None
 
@@ -232,7 +197,7 @@ class TrainState:
             "opt_d": self.opt_d.state_dict(),
             "ema": self.ema.state_dict() if self.ema is not None else None,
             "rng": {"gen": self.gen.get_state(), "torch": torch.get_rng_state()},
-            "extra": self.extra,
+            "extra": self._record(),
             **meta,
         }
         if self.device.type == "cuda":
@@ -267,12 +232,29 @@ class TrainState:
             ) from exc
         self.step, self.seed = int(ckpt["step"]), int(ckpt["seed"])
         self.set_lr_scale(float(ckpt["lr_scale"]))
-        self.extra = dict(ckpt.get("extra") or {})
+        rec = ckpt.get("extra") or {}
+        self.history = list(rec.get("history") or [])
+        self.events = list(rec.get("events") or [])
+        self.stopped = bool(rec.get("stopped"))
+        self.protect = (rec.get("protect") or [None])[0]
+        self.monitor = MonitorState.from_dict(rec.get("monitor"))
+
+    def _record(self) -> dict[str, Any]:
+        """The run's record under the checkpoint's ``extra`` key (the layout of checkpoints
+        written before these fields were typed, so those still resume)."""
+        rec: dict[str, Any] = {"history": self.history, "events": self.events}
+        if self.monitor is not None:
+            rec["monitor"] = self.monitor.to_dict()
+        if self.protect is not None:
+            rec["protect"] = [self.protect]
+        if self.stopped:
+            rec["stopped"] = True
+        return rec
 
 
 def _own(sd: dict[str, Any]) -> dict[str, Any]:
-    """Copy tensors that view a larger storage (the packed trainer's shared BatchNorm
-    statistics): ``torch.save`` would otherwise write the whole pack into each split's file."""
+    """Copy tensors that view a larger storage: ``torch.save`` would otherwise write the whole
+    storage into the file."""
     return {k: v.clone() if v.untyped_storage().nbytes() > v.nbytes else v for k, v in sd.items()}
 
 

@@ -1,0 +1,223 @@
+"""One training step of a pack of K splits (K = 1: a split trained alone).
+
+:func:`train_step` is the AC-GAN update — ``d_steps`` D updates, one G update, EMA — written
+once. It sees the pack through :class:`Nets`: tensors carry a leading split dimension K, G and
+D map them split by split, and the losses of :mod:`acgan.models.losses` are evaluated per
+split. Two implementations:
+
+- :class:`SingleNets` (K = 1): the split's own modules, called as they are; exactly the
+  computation of one split trained alone (the default recipe's results do not depend on it);
+- :class:`acgan.train.packed.PackedNets` (K > 1): the same modules run as one batched model
+  (``torch.func.functional_call`` under ``vmap``), so every recipe option works packed.
+
+The hot loop does no host-device synchronisation: the batch indices, labels and noise are
+drawn on the device from each split's own ``torch.Generator``, the decoded uint8 images live on
+the device (when they fit), and the figures are returned as one device tensor.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor
+
+from acgan.config import TrainConfig
+from acgan.data.splits import SplitSpec
+from acgan.models.acgan import to_float
+from acgan.models.losses import d_loss, g_loss
+from acgan.train import augment
+from acgan.train.state import TrainState, frozen, update_emas
+
+METRIC_NAMES = ("loss_d", "loss_g", "d_real_prob", "d_fake_prob", "d_acc_real", "d_acc_fake")
+
+
+@dataclass
+class SplitData:
+    """A split's images decoded once into one uint8 tensor (on the device when it fits)."""
+
+    spec: SplitSpec
+    images: torch.Tensor  # (N, C, H, W) uint8
+    labels: torch.Tensor  # (N,) int64, split-local 0..k-1
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.spec.classes)
+
+
+@dataclass(frozen=True)
+class StepRecipe:
+    """The ``train.*`` recipe options one step needs (see :mod:`acgan.models.losses` and
+    :mod:`acgan.train.augment`)."""
+
+    batch_size: int
+    amp: bool
+    loss: str = "bce"
+    fake_class_loss: bool = True
+    class_weight: float = 1.0
+    d_steps: int = 1
+    augment: tuple[str, ...] = ()
+    d_joint_batch: bool = False
+
+    @classmethod
+    def from_config(cls, t: TrainConfig, amp: bool) -> StepRecipe:
+        return cls(
+            t.batch_size, amp, t.loss, t.fake_class_loss, t.class_weight, t.d_steps,
+            tuple(t.augment), t.d_joint_batch,
+        )  # fmt: skip
+
+
+class Nets(Protocol):
+    """The K splits' G and D, seen with a leading split dimension."""
+
+    states: Sequence[TrainState]
+
+    def G(self, z: Tensor, y: Tensor) -> Tensor: ...  # (K, B, L), (K, B) -> (K, B, C, H, W)
+    def D(self, x: Tensor) -> tuple[Tensor, Tensor]: ...  # -> (K, B), (K, B, classes)
+    def per_split(
+        self, fn: Callable[..., tuple[Tensor, ...]], *args: Tensor, **kw: Any
+    ) -> tuple[Tensor, ...]: ...  # fn on each split's slice of args -> (K,) results
+    def mean(self, t: Tensor) -> Tensor: ...  # (K, B) -> (K,)
+
+
+class SingleNets:
+    """A pack of one: the split's modules and losses called on its own tensors."""
+
+    def __init__(self, states: Sequence[TrainState]) -> None:
+        (self.state,) = states
+        self.states = list(states)
+
+    def G(self, z: Tensor, y: Tensor) -> Tensor:
+        return self.state.G(z[0], y[0]).unsqueeze(0)
+
+    def D(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        src, cls = self.state.D(x[0])
+        return src.unsqueeze(0), cls.unsqueeze(0)
+
+    def per_split(
+        self, fn: Callable[..., tuple[Tensor, ...]], *args: Tensor, **kw: Any
+    ) -> tuple[Tensor, ...]:
+        return tuple(t.unsqueeze(0) for t in fn(*(a[0] for a in args), **kw))
+
+    def mean(self, t: Tensor) -> Tensor:
+        return t[0].mean().unsqueeze(0)
+
+
+def _d_outputs(
+    nets: Nets, real: Tensor, fake: Tensor, joint: bool
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """D's source and class logits for the real and the fake batch: two forward passes (the
+    paper's, each batch with its own BatchNorm statistics) or one over both."""
+    if joint:
+        src, cls = nets.D(torch.cat([real, fake], dim=1))
+        n = real.shape[1]
+        return src[:, :n], cls[:, :n], src[:, n:], cls[:, n:]
+    src_r, cls_r = nets.D(real)
+    src_f, cls_f = nets.D(fake)
+    return src_r, cls_r, src_f, cls_f
+
+
+def _augment(x: Tensor, recipe: StepRecipe, states: Sequence[TrainState]) -> list[Any]:
+    """Each split's augmentation parameters, from its own stream."""
+    b, side = x.shape[1], x.shape[-1]
+    return [augment.draw(recipe.augment, b, side, st.gen, st.device) for st in states]
+
+
+def _apply(x: Tensor, params: Sequence[Any]) -> Tensor:
+    """``augment.apply`` split by split (each image's own transform: K*B images at once)."""
+    if len(params) == 1:
+        return augment.apply(x[0], params[0]).unsqueeze(0)
+    joined = augment.Params(
+        **{
+            f: None if getattr(params[0], f) is None else torch.cat([getattr(p, f) for p in params])
+            for f in augment.Params.__dataclass_fields__
+        }
+    )
+    return augment.apply(x.flatten(0, 1), joined).view_as(x)
+
+
+def _draw(st: TrainState, data: SplitData, b: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """A split's real batch, its labels, noise and fake labels, from its own stream. Drawn on
+    the generator's device (a CUDA generator cannot draw CPU tensors), then moved to the
+    images (a no-op when they fit on the device, the usual case)."""
+    gen, dev = st.gen, st.device
+    idx = torch.randint(0, data.images.shape[0], (b,), generator=gen, device=dev)
+    idx = idx.to(data.images.device)
+    real = data.images[idx].to(dev, non_blocking=True)
+    y_real = data.labels[idx].to(dev, non_blocking=True)
+    z = torch.randn(b, st.G.latent_dim, generator=gen, device=dev)
+    y_fake = torch.randint(0, data.num_classes, (b,), generator=gen, device=dev)
+    return real, y_real, z, y_fake
+
+
+def train_step(nets: Nets, data: Sequence[SplitData], recipe: StepRecipe) -> Tensor:
+    """``recipe.d_steps`` D updates and one G update of every split in the pack; returns the
+    step's figures as a (K, 6) device tensor in the order of :data:`METRIC_NAMES` (those of
+    the last D update). Each split's loss is a mean over its own batch, so the sum of the K
+    losses has each split's gradient in its own parameters."""
+    states = nets.states
+    dev = states[0].device
+    autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=recipe.amp)
+    d_kw = {"loss": recipe.loss, "fake_class_loss": recipe.fake_class_loss,
+            "class_weight": recipe.class_weight}  # fmt: skip
+
+    for d_step in range(recipe.d_steps):
+        last = d_step == recipe.d_steps - 1
+        draws = [_draw(st, d, recipe.batch_size) for st, d in zip(states, data, strict=True)]
+        real_u8, y_real, z, y_fake = (torch.stack(t) for t in zip(*draws, strict=True))
+        real = to_float(real_u8)
+        with autocast, torch.set_grad_enabled(last):  # G's graph is kept for its update only
+            fake = nets.G(z, y_fake)
+        d_real, d_fake = real, fake.detach()
+        if recipe.augment:
+            params = _augment(real, recipe, states)
+            d_real, d_fake = _apply(d_real, params), _apply(d_fake, params)
+        with autocast:
+            src_r, cls_r, src_f, cls_f = _d_outputs(nets, d_real, d_fake, recipe.d_joint_batch)
+            loss_d, _, _ = nets.per_split(
+                d_loss, src_r.float(), cls_r.float(), y_real, src_f.float(), cls_f.float(),
+                y_fake, **d_kw,
+            )  # fmt: skip
+        for st in states:
+            st.opt_d.zero_grad(set_to_none=True)
+        loss_d.sum().backward()
+        for st in states:
+            st.opt_d.step()
+
+    g_in = fake
+    if recipe.augment:
+        g_in = _apply(fake, _augment(fake, recipe, states))
+    with autocast, frozen([st.D for st in states]):
+        src_g, cls_g = nets.D(g_in)
+        loss_g, _, _ = nets.per_split(
+            g_loss, src_g.float(), cls_g.float(), y_fake, loss=recipe.loss,
+            class_weight=recipe.class_weight,
+        )  # fmt: skip
+    for st in states:
+        st.opt_g.zero_grad(set_to_none=True)
+    loss_g.sum().backward()
+    for st in states:
+        st.opt_g.step()
+    with_ema = [st for st in states if st.ema is not None]
+    if with_ema:
+        update_emas([st.ema for st in with_ema], [st.G for st in with_ema])
+
+    with torch.no_grad():
+        return torch.stack(
+            [
+                loss_d.detach(),
+                loss_g.detach(),
+                nets.mean(torch.sigmoid(src_r.detach().float())),
+                nets.mean(torch.sigmoid(src_f.detach().float())),
+                nets.mean((cls_r.detach().argmax(-1) == y_real).float()),
+                nets.mean((cls_f.detach().argmax(-1) == y_fake).float()),
+            ],
+            dim=1,
+        )
+
+
+def step_split(state: TrainState, data: SplitData, recipe: StepRecipe) -> Tensor:
+    """One step of a split trained alone; its figures as a (6,) device tensor."""
+    return train_step(SingleNets([state]), [data], recipe)[0]
