@@ -8,7 +8,6 @@ figure state, no display needed.
 
 from __future__ import annotations
 
-import base64
 import html
 import json
 from pathlib import Path
@@ -20,6 +19,7 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from acgan import html as html_page
 from acgan.config import EvalConfig
 from acgan.io import atomic_write_json
 from acgan.metrics import suite
@@ -341,27 +341,15 @@ def render_report(
     for file, title, caption in PICTURES:
         path = plot_dir / file
         if path.is_file():
-            b64 = base64.b64encode(path.read_bytes()).decode("ascii")
-            pictures.append(
-                f"<figure><h3>{e(title)}</h3><img alt='{e(title)}' "
-                f"src='data:image/png;base64,{b64}'><figcaption>{e(caption)}</figcaption>"
-                "</figure>"
-            )
+            pictures.append(html_page.figure(caption, path, heading=title))
     protos = "".join(f"<li><b>{e(k)}</b>: {e(v)}</li>" for k, v in protocols.items())
-    return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>AC-GAN ensemble evaluation</title>
-<style>
-body {{ font-family: system-ui, sans-serif; margin: 2em; max-width: 1100px; }}
-table {{ border-collapse: collapse; margin: 1em 0; font-size: 0.9em; }}
-th, td {{ border: 1px solid #ccc; padding: 3px 8px; text-align: left; }}
+    css = f"""table {{ margin: 1em 0; font-size: 0.9em; }}
+th, td {{ padding: 3px 8px; text-align: left; }}
 .gate {{ color: white; padding: 0.5em 1em; display: inline-block; font-weight: bold; }}
-img {{ image-rendering: pixelated; max-width: 100%; }}
-figure {{ display: inline-block; vertical-align: top; margin: 1em; }}
+figure {{ margin: 1em; }}
 pre {{ background: #f6f8fa; padding: 1em; overflow-x: auto; }}
-dl.legend dt {{ float: left; clear: left; width: 9em; }} dl.legend dd {{ margin-left: 9.5em; }}
-{status.BADGE_CSS}
-</style></head><body>
-<h1>AC-GAN ensemble evaluation</h1>
+{status.BADGE_CSS}"""
+    body = f"""<h1>AC-GAN ensemble evaluation</h1>
 {status.links_html(links, {"run": "this evaluation's run", "runs": "all runs"})}
 {_gate_html(gate)}
 {_splits_html(splits)}
@@ -370,5 +358,5 @@ dl.legend dt {{ float: left; clear: left; width: 9em; }} dl.legend dd {{ margin-
 <h2>Pictures</h2>{"".join(pictures)}
 <h2>Protocols</h2><ul>{protos}</ul>
 <h2>Inputs</h2><pre>{e(json.dumps(inputs, indent=2, default=str))}</pre>
-</body></html>
 """
+    return html_page.page("AC-GAN ensemble evaluation", body, css)

@@ -10,13 +10,13 @@ artifact, an MLflow artifact view, a mail attachment).
 
 from __future__ import annotations
 
-import base64
 import html
 import io
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from acgan import html as html_page
 from acgan.io import atomic_write_bytes
 from acgan.monitor import status
 
@@ -158,32 +158,19 @@ def write_html(
     links: Mapping[str, str | None] | None = None,
 ) -> Path:
     """The stage's report: settings, per-split tables and events, the plots inline."""
-    images = "".join(
-        f"<figure><img alt='{_esc(label)}' src='data:image/png;base64,"
-        f"{base64.b64encode(p.read_bytes()).decode()}'/><figcaption>{_esc(label)}"
-        "</figcaption></figure>"
-        for label, p in plots.items()
-    )
+    images = "".join(html_page.figure(label, p) for label, p in plots.items())
     splits = summary["splits"]
     sections = "".join(_split_section(sid, rec) for sid, rec in splits.items())
     codes = [rec["status"] for rec in splits.values()]
     codes += [c["status"] for rec in splits.values() for c in rec["classes"].values()]
     members = ", ".join(str(m["split_id"]) for m in summary["members"]) or "none"
     retrain = "yes" if summary["retrain_collapsed"] else "no"
-    doc = f"""<!doctype html>
-<html><head><meta charset="utf-8"><title>acgan collapse monitor</title>
-<style>
-body {{ font-family: sans-serif; margin: 2em; max-width: 70em; }}
-table {{ border-collapse: collapse; margin: 0.5em 0; }}
-td, th {{ border: 1px solid #ccc; padding: 0.2em 0.6em; text-align: right; }}
+    css = f"""td, th {{ text-align: right; }}
 td:first-child, th:first-child {{ text-align: left; }}
 h2 small {{ font-weight: normal; color: #57606a; font-size: 0.7em; }}
 .bad {{ color: #a00; font-weight: bold; }}
-dl.legend dt {{ float: left; clear: left; width: 9em; }} dl.legend dd {{ margin-left: 9.5em; }}
-figure {{ display: inline-block; margin: 0.5em; }} img {{ max-width: 100%; }}
-{status.BADGE_CSS}
-</style></head><body>
-<h1>Collapse monitor</h1>
+{status.BADGE_CSS}"""
+    body = f"""<h1>Collapse monitor</h1>
 {status.links_html(links or {}, {"run": "the monitor's run"})}
 <p>Mean pairwise MS-SSIM of samples from fixed latent codes ({_esc(summary["measure_protocol"])},
 {summary["pairs"]} pairs per class), against each class's threshold
@@ -200,7 +187,6 @@ takes its worst class's status. In-training action:
 {sections}
 <h2>Plots</h2>
 {images}
-</body></html>
 """
-    atomic_write_bytes(path, doc.encode())
+    atomic_write_bytes(path, html_page.page("acgan collapse monitor", body, css).encode())
     return path
