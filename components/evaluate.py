@@ -22,8 +22,8 @@ def judge(
     from acgan.data.shards import read_images
     from acgan.evaluation.judge import train_judge
     from acgan.kfp_runtime import TASK_SOURCE, load_config, log_figures
+    from acgan.lineage import make_tracker
     from acgan.metrics.judge import holdout_mask, load_judge
-    from acgan.tracking import make_tracker
 
     cfg = load_config(config)
     tracker = make_tracker(cfg.tracking, *TASK_SOURCE)
@@ -61,7 +61,7 @@ def evaluate(
 
     from acgan.evaluation.stage import evaluate as run_evaluate
     from acgan.kfp_runtime import TASK_SOURCE, load_config, log_figures
-    from acgan.tracking import make_tracker
+    from acgan.lineage import make_tracker
 
     cfg = load_config(config)
     result = run_evaluate(

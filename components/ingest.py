@@ -38,8 +38,7 @@ def ingest(
     from acgan.data.ingest import ingest as run_ingest
     from acgan.data.splits import plan_splits
     from acgan.kfp_runtime import TASK_SOURCE, build_config
-    from acgan.lineage import open_pipeline_run
-    from acgan.tracking import make_tracker
+    from acgan.lineage import make_tracker, open_pipeline_run
 
     cfg = build_config(params, dict(os.environ))
     manifest = run_ingest(cfg.data, Path(data.path))

@@ -24,9 +24,9 @@ def monitor(
     from pathlib import Path
 
     from acgan.kfp_runtime import TASK_SOURCE, load_config, log_figures, models_root, pack_ensemble
+    from acgan.lineage import make_tracker
     from acgan.monitor.detector import COLLAPSED
     from acgan.monitor.stage import run_monitor
-    from acgan.tracking import make_tracker
 
     cfg = load_config(config)
     # The trainers' outputs sit wherever KFP staged each artifact; the monitor reads the

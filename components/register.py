@@ -20,8 +20,8 @@ def register(
     from pathlib import Path
 
     from acgan.kfp_runtime import TASK_SOURCE, load_config
+    from acgan.lineage import make_tracker
     from acgan.registry.register import register as run_register
-    from acgan.tracking import make_tracker
 
     cfg = load_config(config)
     result = run_register(

@@ -21,7 +21,7 @@ def train(
 
     from acgan.html import figure, page
     from acgan.kfp_runtime import TASK_SOURCE, load_config, log_figures
-    from acgan.tracking import make_tracker
+    from acgan.lineage import make_tracker
     from acgan.train import train_split_with_monitor
 
     cfg = load_config(config)

@@ -166,8 +166,8 @@ def test_rest_api_shows_what_the_ui_pages_show(
     """The pages of docs/user-guide.md, through the REST API the UI reads: the pipeline's
     parent run FINISHED with the headline figures, the version and its logged model linked
     both ways, the aliases, the runs' source and the experiment's model-training view."""
+    from acgan.lineage import make_tracker
     from acgan.registry.register import register
-    from acgan.tracking import make_tracker
 
     dirs = tuple(
         perturbed_copy(d, tmp_path / "m" / d.name, 7e-3) for d in services.trained.model_dirs
@@ -221,8 +221,8 @@ def test_outages_fail_cleanly_and_leave_no_version(
 ) -> None:
     from mlflow import MlflowClient
 
+    from acgan.lineage import make_tracker
     from acgan.registry.register import register
-    from acgan.tracking import make_tracker
 
     client = MlflowClient(services.mlflow.url)
     n_before = len(client.search_model_versions(f"name='{NAME}'"))

@@ -201,7 +201,7 @@ def test_tracking_parent_and_child_runs(
     from mlflow.tracking import MlflowClient
 
     from acgan.config import TrackingConfig
-    from acgan.tracking import make_tracker
+    from acgan.lineage import make_tracker
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     cfg = make_cfg(

@@ -21,7 +21,7 @@ from acgan.config import Config, from_dict, load
 from acgan.errors import AcganError, ConfigError
 
 # Where the runs of a pipeline task come from (MLflow's source name and type), for
-# ``acgan.tracking.make_tracker(cfg.tracking, *TASK_SOURCE)``.
+# ``acgan.lineage.make_tracker(cfg.tracking, *TASK_SOURCE)``.
 TASK_SOURCE = ("acgan pipeline (Kubeflow)", "JOB")
 # The PVC mounted in the pods that keep state across retries (checkpoints; data for
 # imagefolder).

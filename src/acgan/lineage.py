@@ -8,18 +8,18 @@ fields, and logs them to the pipeline's MLflow run, so any artifact can be trace
 from __future__ import annotations
 
 import contextlib
+import getpass
 import logging
+import subprocess
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from acgan import __version__
-from acgan.config import Config
+from acgan.config import Config, TrackingConfig
 from acgan.io import atomic_dir, atomic_write_json, one_line
-
-# git_commit lives with the tracker factory (it tags every run); the stages import it here
-from acgan.tracking import STAGE_TAG, NullRun, Run, Tracker, git_commit
+from acgan.tracking import STAGE_TAG, NullRun, NullTracker, Run, Tracker
 
 log = logging.getLogger(__name__)
 
@@ -202,3 +202,56 @@ def stage(
             end_run(run, "FAILED" if isinstance(exc, Exception) else "KILLED")
         raise
     st.end()
+
+
+# -- where runs come from: the git commit, the command, the one tracker factory -----------
+
+
+def git_commit(cwd: str | Path | None = None) -> str | None:
+    """The commit of the working tree (``+dirty`` when it has changes), or None outside git."""
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return f"{sha}+dirty" if dirty else sha
+
+
+def source_tags(command: str, kind: str = "LOCAL") -> dict[str, str]:
+    """MLflow's own source tags for every run a command creates: the UI shows them as the
+    run's "Source" (the command), its git commit and who ran it."""
+    tags = {"mlflow.source.name": command, "mlflow.source.type": kind}
+    # the UI's "Created by" (a container's uid may have no passwd entry: then no user)
+    with contextlib.suppress(KeyError, OSError):
+        tags["mlflow.user"] = getpass.getuser()
+    commit = git_commit()
+    if commit:
+        tags["mlflow.source.git.commit"] = commit
+    return tags
+
+
+def make_tracker(
+    settings: TrackingConfig, source: str | None = None, kind: str = "LOCAL"
+) -> Tracker:
+    """The one tracker factory (CLI commands, KFP tasks, tests): an MLflow tracker for the
+    config's ``tracking`` section, or the no-op twin when tracking is disabled. Every run it
+    creates names ``source`` (e.g. ``acgan train``; ``kind``: MLflow's source type) and the
+    git commit as where it came from."""
+    if not settings.enabled:
+        return NullTracker()
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    tags = source_tags(source, kind) if source else None
+    return Tracker(settings.uri, settings.experiment, tags, settings.deadline_s)

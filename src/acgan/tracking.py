@@ -10,27 +10,21 @@ the first task and passed down, so the cluster run and a local run look the same
 
 from __future__ import annotations
 
-import contextlib
-import getpass
 import hashlib
 import io
 import json
 import logging
 import math
 import re
-import subprocess
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from acgan.errors import mask_credentials, strip_credentials
 from acgan.retry import DEFAULT_DEADLINE_S, Retry
-
-if TYPE_CHECKING:
-    from acgan.config import TrackingConfig
 
 log = logging.getLogger(__name__)
 
@@ -386,56 +380,6 @@ class NullTracker(Tracker):
 
     def find_child(self, parent: Run, tags: Mapping[str, Any]) -> Run | None:
         return None
-
-
-def git_commit(cwd: str | Path | None = None) -> str | None:
-    """The commit of the working tree (``+dirty`` when it has changes), or None outside git."""
-    try:
-        sha = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=cwd,
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=cwd,
-            capture_output=True,
-            text=True,
-            timeout=10,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return f"{sha}+dirty" if dirty else sha
-
-
-def source_tags(command: str, kind: str = "LOCAL") -> dict[str, str]:
-    """MLflow's own source tags for every run a command creates: the UI shows them as the
-    run's "Source" (the command), its git commit and who ran it."""
-    tags = {"mlflow.source.name": command, "mlflow.source.type": kind}
-    # the UI's "Created by" (a container's uid may have no passwd entry: then no user)
-    with contextlib.suppress(KeyError, OSError):
-        tags["mlflow.user"] = getpass.getuser()
-    commit = git_commit()
-    if commit:
-        tags["mlflow.source.git.commit"] = commit
-    return tags
-
-
-def make_tracker(
-    settings: TrackingConfig, source: str | None = None, kind: str = "LOCAL"
-) -> Tracker:
-    """The one tracker factory (CLI commands, KFP tasks, tests): an MLflow tracker for the
-    config's ``tracking`` section, or the no-op twin when tracking is disabled. Every run it
-    creates names ``source`` (e.g. ``acgan train``; ``kind``: MLflow's source type) and the
-    git commit as where it came from."""
-    if not settings.enabled:
-        return NullTracker()
-    logging.getLogger("mlflow").setLevel(logging.WARNING)
-    tags = source_tags(source, kind) if source else None
-    return Tracker(settings.uri, settings.experiment, tags, settings.deadline_s)
 
 
 def png_bytes(image: Any) -> bytes:

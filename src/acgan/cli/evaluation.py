@@ -28,7 +28,7 @@ def judge(cfg: Config, data: str, out: str, parent_run_id: str | None) -> None:
       acgan judge --set eval.inception_weights=~/inception_v3_google.pth   # never downloads
     """
     from acgan.evaluation.judge import train_judge
-    from acgan.tracking import make_tracker
+    from acgan.lineage import make_tracker
 
     tracker = make_tracker(cfg.tracking, "acgan judge")
     res = train_judge(cfg, Path(data), Path(out), tracker, parent_run_id=parent_run_id)
@@ -70,7 +70,7 @@ def evaluate_cmd(
       acgan evaluate --set eval.samples_per_class=1000 --set eval.max_fid=50
     """
     from acgan.evaluation.stage import evaluate
-    from acgan.tracking import make_tracker
+    from acgan.lineage import make_tracker
 
     res = evaluate(
         cfg,

@@ -53,8 +53,8 @@ def register(
       acgan register
       MLFLOW_TRACKING_URI=http://mlflow:5000 acgan register --set registry.model_name=my-gan
     """
+    from acgan.lineage import make_tracker
     from acgan.registry.register import register as run_register
-    from acgan.tracking import make_tracker
 
     res = run_register(
         cfg,

@@ -61,7 +61,7 @@ def train(
     """
     if out is not None and len(split_ids) > 1:
         raise click.UsageError("--out names one split's directory; use --models for several")
-    from acgan.tracking import make_tracker
+    from acgan.lineage import make_tracker
     from acgan.train import train_split_with_monitor, train_splits
 
     kw: dict[str, Any] = {"parent_run_id": parent_run_id, "attempt": attempt}
@@ -115,8 +115,8 @@ def monitor(
       acgan monitor --set monitor.retrain_collapsed=true   # retrain collapsed splits once
       acgan monitor --set monitor.threshold=0.3            # explicit MS-SSIM threshold
     """
+    from acgan.lineage import make_tracker
     from acgan.monitor.stage import run_monitor
-    from acgan.tracking import make_tracker
 
     res = run_monitor(
         cfg,
