@@ -1,17 +1,17 @@
-"""Monitor: judge every split's collapse history, retrain or drop collapsed splits as
-configured, and pack the surviving generators into one self-contained ensemble ``Model``
-artifact (its ``ensemble.json`` lists them relative to itself)."""
+"""Monitor: judge every split's collapse history (the trainer already retrained a split left
+collapsed, monitor.retrain_collapsed), set aside collapsed splits as configured, and pack the
+surviving generators into one self-contained ensemble ``Model`` artifact (its
+``ensemble.json`` lists them relative to itself)."""
 
 from kfp.dsl import HTML, Artifact, Dataset, Input, Metrics, Model, Output
 
 from components.common import component
 
 
-@component(gpu=True)  # a collapsed split may be retrained here (monitor.retrain_collapsed)
+@component()  # reads histories and packs generators: no GPU (the trainer retrains)
 def monitor(
     config: str,
     parent_run_id: str,
-    checkpoint_root: str,
     splits: Input[Dataset],
     models: Input[list[Model]],
     monitor_dir: Output[Artifact],
@@ -40,7 +40,6 @@ def monitor(
         out,
         make_tracker(cfg.tracking, *TASK_SOURCE),
         parent_run_id=parent_run_id,
-        checkpoint_root=Path(checkpoint_root),
     )
     members = pack_ensemble(result.manifest, ensemble.path)
     ensemble.metadata["splits"] = [int(m["split_id"]) for m in members]

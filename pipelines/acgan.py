@@ -147,13 +147,11 @@ def build_pipeline(parallelism: int = DEFAULT_PARALLELISM) -> Callable[..., Any]
         monitor = monitor_op(
             config=config,
             parent_run_id=parent,
-            checkpoint_root=p["checkpoint_root"],
             splits=split.outputs["splits"],
             models=dsl.Collected(train.outputs["model"]),
         )
-        # On a GPU node: a collapsed split is retrained here (monitor.retrain_collapsed).
-        gpu_task(monitor, "collapse monitor")
-        kubernetes.mount_pvc(monitor, pvc_name=p["volume_pvc"], mount_path=VOLUME_MOUNT)
+        # Reads the trainers' histories (a collapsed split was retrained in its train task).
+        steps_task(monitor, "collapse monitor")
 
         evaluate = evaluate_op(
             config=config,

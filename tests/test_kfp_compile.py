@@ -23,7 +23,7 @@ from components.images import STEP_IMAGE, TRAINER_IMAGE  # noqa: E402
 from pipelines import acgan as pipeline  # noqa: E402
 from pipelines import submit as sub  # noqa: E402
 
-GPU_TASKS = ("train", "judge", "evaluate", "monitor")
+GPU_TASKS = ("train", "judge", "evaluate")  # the monitor only reads histories
 
 
 def _docs(path: Path) -> list[Any]:
