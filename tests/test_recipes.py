@@ -19,7 +19,7 @@ from acgan.models.layers import MinibatchStd, PixelNorm
 from acgan.models.losses import d_loss, g_loss
 from acgan.train import augment
 from acgan.train.state import build_state
-from acgan.train.step import SplitData, StepRecipe, step_split
+from acgan.train.step import SplitData, StepRecipe, _draw, mode_seeking_loss, step_split
 
 
 def _weights(module: nn.Module) -> list[torch.Tensor]:
@@ -146,6 +146,29 @@ def test_joint_batch_runs_d_once_per_update() -> None:
         step_split(state, _tiny_data(), StepRecipe(8, False, d_joint_batch=joint))
         assert len(seen) == calls_per_step
         assert seen[0] == (16 if joint else 8)
+
+
+def test_mode_seeking_pairs_one_class_and_pushes_samples_apart() -> None:
+    _, state = _state()
+    _, _, _, y = _draw(state, _tiny_data(), 8, paired=True)
+    assert torch.equal(y[:4], y[4:])  # each pair (i, i + B/2) is one class
+    z = torch.randn(1, 8, 5)
+    alike, apart = torch.zeros(1, 8, 3, 4, 4), torch.randn(1, 8, 3, 4, 4)
+    assert mode_seeking_loss(apart, z) < mode_seeking_loss(alike + 1e-3 * apart, z)
+
+    def spread(weight: float) -> float:
+        """Mean |G(z1) - G(z2)| of one class after a few steps with this weight."""
+        _, st = _state("model.g_widths=[32, 16, 8]", "model.d_widths=[8, 8, 16, 16, 32, 32]")
+        for _ in range(4):
+            step_split(st, _tiny_data(), StepRecipe(16, False, mode_seeking=weight))
+        st.G.eval()
+        g = torch.Generator().manual_seed(1)
+        zz = torch.randn(32, st.G.latent_dim, generator=g)
+        with torch.no_grad():
+            x = st.G(zz, torch.zeros(32, dtype=torch.long))
+        return float((x[:16] - x[16:]).abs().mean())
+
+    assert spread(20.0) > spread(0.0)
 
 
 def test_hinge_step_and_every_option_train_without_nan() -> None:

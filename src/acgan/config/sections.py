@@ -135,6 +135,13 @@ class TrainConfig:
     class_weight: float = _f(
         1.0, "weight of the class loss in D's and G's objectives", min=0.0, max=100.0
     )
+    mode_seeking: float = _f(
+        0.0,
+        "weight of the mode-seeking term in G's loss (MSGAN, Mao et al. 2019): pairs of samples "
+        "of one class from different noise are pushed apart; 0: off",
+        min=0.0,
+        max=100.0,
+    )
     augment: list[str] = _f(
         [],
         "DiffAugment policies applied alike to D's real and fake inputs: color, translation, "

@@ -60,12 +60,13 @@ class StepRecipe:
     d_steps: int = 1
     augment: tuple[str, ...] = ()
     d_joint_batch: bool = False
+    mode_seeking: float = 0.0
 
     @classmethod
     def from_config(cls, t: TrainConfig, amp: bool) -> StepRecipe:
         return cls(
             t.batch_size, amp, t.loss, t.fake_class_loss, t.class_weight, t.d_steps,
-            tuple(t.augment), t.d_joint_batch,
+            tuple(t.augment), t.d_joint_batch, t.mode_seeking,
         )  # fmt: skip
 
 
@@ -138,18 +139,35 @@ def _apply(x: Tensor, params: Sequence[Any]) -> Tensor:
     return augment.apply(x.flatten(0, 1), joined).view_as(x)
 
 
-def _draw(st: TrainState, data: SplitData, b: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def _draw(
+    st: TrainState, data: SplitData, b: int, paired: bool = False
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """A split's real batch, its labels, noise and fake labels, from its own stream. Drawn on
     the generator's device (a CUDA generator cannot draw CPU tensors), then moved to the
-    images (a no-op when they fit on the device, the usual case)."""
+    images (a no-op when they fit on the device, the usual case). ``paired``: the second half
+    of the fake labels repeats the first (the mode-seeking term compares those pairs)."""
     gen, dev = st.gen, st.device
     idx = torch.randint(0, data.images.shape[0], (b,), generator=gen, device=dev)
     idx = idx.to(data.images.device)
     real = data.images[idx].to(dev, non_blocking=True)
     y_real = data.labels[idx].to(dev, non_blocking=True)
     z = torch.randn(b, st.G.latent_dim, generator=gen, device=dev)
-    y_fake = torch.randint(0, data.num_classes, (b,), generator=gen, device=dev)
+    if paired:
+        half = torch.randint(0, data.num_classes, ((b + 1) // 2,), generator=gen, device=dev)
+        y_fake = torch.cat([half, half])[:b]
+    else:
+        y_fake = torch.randint(0, data.num_classes, (b,), generator=gen, device=dev)
     return real, y_real, z, y_fake
+
+
+def mode_seeking_loss(fake: Tensor, z: Tensor) -> Tensor:
+    """MSGAN's term per split, (K,): 1 / (mean |G(z1) - G(z2)| / mean |z1 - z2| + eps) over
+    the pairs (i, i + B/2) of one class; G minimises it, so different noise gives different
+    images (against a class's samples settling on one colour or pose)."""
+    h = fake.shape[1] // 2
+    img = (fake[:, :h] - fake[:, h : 2 * h]).abs().flatten(1).mean(1)
+    lat = (z[:, :h] - z[:, h : 2 * h]).abs().flatten(1).mean(1)
+    return 1.0 / (img / lat + 1e-5)
 
 
 def train_step(nets: Nets, data: Sequence[SplitData], recipe: StepRecipe) -> Tensor:
@@ -165,7 +183,10 @@ def train_step(nets: Nets, data: Sequence[SplitData], recipe: StepRecipe) -> Ten
 
     for d_step in range(recipe.d_steps):
         last = d_step == recipe.d_steps - 1
-        draws = [_draw(st, d, recipe.batch_size) for st, d in zip(states, data, strict=True)]
+        paired = recipe.mode_seeking > 0
+        draws = [
+            _draw(st, d, recipe.batch_size, paired) for st, d in zip(states, data, strict=True)
+        ]
         real_u8, y_real, z, y_fake = (torch.stack(t) for t in zip(*draws, strict=True))
         real = to_float(real_u8)
         with autocast, torch.set_grad_enabled(last):  # G's graph is kept for its update only
@@ -195,6 +216,8 @@ def train_step(nets: Nets, data: Sequence[SplitData], recipe: StepRecipe) -> Ten
             g_loss, src_g.float(), cls_g.float(), y_fake, loss=recipe.loss,
             class_weight=recipe.class_weight,
         )  # fmt: skip
+        if recipe.mode_seeking > 0:
+            loss_g = loss_g + recipe.mode_seeking * mode_seeking_loss(fake.float(), z)
     for st in states:
         st.opt_g.zero_grad(set_to_none=True)
     loss_g.sum().backward()
