@@ -203,6 +203,7 @@ ALL_OPTIONS = (
     "train.lr_g=0.0001", "train.lr_d=0.0004", "train.d_steps=2", "train.loss=hinge",
     "train.fake_class_loss=false", "train.class_weight=0.5",
     "train.augment=[color, translation, cutout]", "train.d_joint_batch=true",
+    "train.mode_seeking=1.0",
 )  # fmt: skip
 
 
