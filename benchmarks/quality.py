@@ -162,10 +162,7 @@ def run_recipe(
         info = json.loads((res.out_dir / "train.json").read_text())
         train_s += float(info["train_seconds"])
         histories.append(json.loads((res.out_dir / "history.json").read_text())["history"])
-    mon = run_monitor(
-        cfg, splits, out / "models", out / "monitor", checkpoint_root=out / "ckpt",
-        progress=progress,
-    )  # fmt: skip
+    mon = run_monitor(cfg, splits, out / "models", out / "monitor", progress=progress)
     ev = evaluate(
         cfg, root / "ingested", splits, mon.manifest, root / "judge", out / "eval",
         progress=progress,

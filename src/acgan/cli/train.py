@@ -96,7 +96,8 @@ def train(
 @dir_option(
     "--checkpoints",
     default="checkpoints",
-    help="Checkpoint root used when a collapsed split is retrained.",
+    help="Unused: collapsed splits are retrained by `acgan train`; accepted so existing "
+    "commands still run.",
 )
 @parent_run_option()
 def monitor(
@@ -112,9 +113,9 @@ def monitor(
     \b
     Examples:
       acgan monitor
-      acgan monitor --set monitor.retrain_collapsed=true   # retrain collapsed splits once
       acgan monitor --set monitor.threshold=0.3            # explicit MS-SSIM threshold
     """
+    del checkpoints  # accepted, unused (see its help)
     from acgan.lineage import make_tracker
     from acgan.monitor.stage import run_monitor
 
@@ -125,7 +126,6 @@ def monitor(
         Path(out),
         make_tracker(cfg.tracking, "acgan monitor"),
         parent_run_id=parent_run_id,
-        checkpoint_root=Path(checkpoints),
     )
     for sid, rec in res.splits.items():
         bad = ", ".join(rec["collapsed_classes"])

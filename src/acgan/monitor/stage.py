@@ -182,14 +182,9 @@ def run_monitor(
     tracker: Tracker | None = None,
     *,
     parent_run_id: str | None = None,
-    checkpoint_root: Path = Path("checkpoints"),
     progress: bool = True,
 ) -> MonitorResult:
-    """Assess every split of ``cfg.split.ids`` under ``models_root``; write ``out_dir``.
-
-    ``checkpoint_root`` is accepted for callers of the earlier stage, which retrained
-    collapsed splits itself; the trainer does that now, so it is unused."""
-    del checkpoint_root
+    """Assess every split of ``cfg.split.ids`` under ``models_root``; write ``out_dir``."""
     tracker = tracker or NullTracker()
     splits_dir, models_root, out_dir = Path(splits_dir), Path(models_root), Path(out_dir)
     plan = load_plan(splits_dir)
