@@ -19,7 +19,14 @@ from acgan.models.layers import MinibatchStd, PixelNorm
 from acgan.models.losses import d_loss, g_loss
 from acgan.train import augment
 from acgan.train.state import build_state
-from acgan.train.step import SplitData, StepRecipe, _draw, mode_seeking_loss, step_split
+from acgan.train.step import (
+    SplitData,
+    StepRecipe,
+    _draw,
+    data_spread_loss,
+    mode_seeking_loss,
+    step_split,
+)
 
 
 def _weights(module: nn.Module) -> list[torch.Tensor]:
@@ -169,6 +176,41 @@ def test_mode_seeking_pairs_one_class_and_pushes_samples_apart() -> None:
         return float((x[:16] - x[16:]).abs().mean())
 
     assert spread(20.0) > spread(0.0)
+
+
+def test_mode_seeking_against_the_data_stops_at_the_data_s_spread() -> None:
+    """``mode_seeking_ref: data``: 1 for identical samples of a class, 0 once a class's
+    samples are as far apart as its real images, and G pushed apart while short of that."""
+    g = torch.Generator().manual_seed(0)
+    real = torch.rand(2, 32, 3, 8, 8, generator=g) * 2 - 1
+    y_real = torch.randint(0, 3, (2, 32), generator=g)
+    half = torch.randint(0, 3, (2, 16), generator=g)
+    y_fake = torch.cat([half, half], 1)
+    same = torch.zeros(2, 32, 3, 8, 8)
+    assert torch.allclose(data_spread_loss(same, y_fake, real, y_real), torch.ones(2))
+    as_data = torch.rand(2, 32, 3, 8, 8, generator=g) * 2 - 1  # drawn as the real images are
+    assert data_spread_loss(as_data, y_fake, real, y_real).max() < 0.1
+    assert data_spread_loss(3 * as_data, y_fake, real, y_real).max() == 0  # no push past it
+    narrow = 0.5 * as_data
+    short = float(data_spread_loss(narrow, y_fake, real, y_real).mean())
+    assert 0.3 < short < 0.7
+    # a class absent from the real batch has no reference: it is left out, not pushed
+    only_0 = torch.zeros_like(y_real)
+    alone = data_spread_loss(same, torch.ones_like(y_fake), real, only_0)
+    assert torch.equal(alone, torch.zeros(2))
+
+    def spread(ref: str, weight: float) -> float:
+        _, st = _state("model.g_widths=[32, 16, 8]", "model.d_widths=[8, 8, 16, 16, 32, 32]")
+        for _ in range(4):
+            recipe = StepRecipe(16, False, mode_seeking=weight, mode_seeking_ref=ref)
+            step_split(st, _tiny_data(), recipe)
+        st.G.eval()
+        zz = torch.randn(32, st.G.latent_dim, generator=torch.Generator().manual_seed(1))
+        with torch.no_grad():
+            x = st.G(zz, torch.zeros(32, dtype=torch.long))
+        return float((x[:16] - x[16:]).abs().mean())
+
+    assert spread("data", 20.0) > spread("data", 0.0)
 
 
 def test_hinge_step_and_every_option_train_without_nan() -> None:

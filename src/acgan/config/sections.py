@@ -142,6 +142,14 @@ class TrainConfig:
         min=0.0,
         max=100.0,
     )
+    mode_seeking_ref: str = _f(
+        "noise",
+        "what the mode-seeking term measures a class's sample spread against: noise (MSGAN: "
+        "image distance over noise distance, always pushing apart) or data (only until the "
+        "samples of a class are as far apart, in mean pixel distance, as its real images in "
+        "the batch)",
+        choices=("noise", "data"),
+    )
     augment: list[str] = _f(
         [],
         "DiffAugment policies applied alike to D's real and fake inputs: color, translation, "
