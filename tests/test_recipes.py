@@ -157,6 +157,19 @@ def test_joint_batch_runs_d_once_per_update() -> None:
         assert seen[0] == (16 if joint else 8)
 
 
+def _class_spread(weight: float, ref: str = "noise") -> float:
+    """Mean |G(z1) - G(z2)| of one class after a few steps with this mode-seeking term."""
+    _, st = _state("model.g_widths=[32, 16, 8]", "model.d_widths=[8, 8, 16, 16, 32, 32]")
+    recipe = StepRecipe(16, False, mode_seeking=weight, mode_seeking_ref=ref)
+    for _ in range(4):
+        step_split(st, _tiny_data(), recipe)
+    st.G.eval()
+    zz = torch.randn(32, st.G.latent_dim, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        x = st.G(zz, torch.zeros(32, dtype=torch.long))
+    return float((x[:16] - x[16:]).abs().mean())
+
+
 def test_mode_seeking_pairs_one_class_and_pushes_samples_apart() -> None:
     _, state = _state()
     _, _, _, y = _draw(state, _tiny_data(), 8, paired=True)
@@ -165,19 +178,7 @@ def test_mode_seeking_pairs_one_class_and_pushes_samples_apart() -> None:
     alike, apart = torch.zeros(1, 8, 3, 4, 4), torch.randn(1, 8, 3, 4, 4)
     assert mode_seeking_loss(apart, z) < mode_seeking_loss(alike + 1e-3 * apart, z)
 
-    def spread(weight: float) -> float:
-        """Mean |G(z1) - G(z2)| of one class after a few steps with this weight."""
-        _, st = _state("model.g_widths=[32, 16, 8]", "model.d_widths=[8, 8, 16, 16, 32, 32]")
-        for _ in range(4):
-            step_split(st, _tiny_data(), StepRecipe(16, False, mode_seeking=weight))
-        st.G.eval()
-        g = torch.Generator().manual_seed(1)
-        zz = torch.randn(32, st.G.latent_dim, generator=g)
-        with torch.no_grad():
-            x = st.G(zz, torch.zeros(32, dtype=torch.long))
-        return float((x[:16] - x[16:]).abs().mean())
-
-    assert spread(20.0) > spread(0.0)
+    assert _class_spread(20.0) > _class_spread(0.0)
 
 
 def test_mode_seeking_against_the_data_stops_at_the_data_s_spread() -> None:
@@ -189,30 +190,18 @@ def test_mode_seeking_against_the_data_stops_at_the_data_s_spread() -> None:
     half = torch.randint(0, 3, (2, 16), generator=g)
     y_fake = torch.cat([half, half], 1)
     same = torch.zeros(2, 32, 3, 8, 8)
-    assert torch.allclose(data_spread_loss(same, y_fake, real, y_real), torch.ones(2))
+    assert torch.allclose(data_spread_loss(same, y_fake, real, y_real, 3), torch.ones(2))
     as_data = torch.rand(2, 32, 3, 8, 8, generator=g) * 2 - 1  # drawn as the real images are
-    assert data_spread_loss(as_data, y_fake, real, y_real).max() < 0.1
-    assert data_spread_loss(3 * as_data, y_fake, real, y_real).max() == 0  # no push past it
+    assert data_spread_loss(as_data, y_fake, real, y_real, 3).max() < 0.1
+    assert data_spread_loss(3 * as_data, y_fake, real, y_real, 3).max() == 0  # no push past it
     narrow = 0.5 * as_data
-    short = float(data_spread_loss(narrow, y_fake, real, y_real).mean())
+    short = float(data_spread_loss(narrow, y_fake, real, y_real, 3).mean())
     assert 0.3 < short < 0.7
     # a class absent from the real batch has no reference: it is left out, not pushed
     only_0 = torch.zeros_like(y_real)
-    alone = data_spread_loss(same, torch.ones_like(y_fake), real, only_0)
+    alone = data_spread_loss(same, torch.ones_like(y_fake), real, only_0, 3)
     assert torch.equal(alone, torch.zeros(2))
-
-    def spread(ref: str, weight: float) -> float:
-        _, st = _state("model.g_widths=[32, 16, 8]", "model.d_widths=[8, 8, 16, 16, 32, 32]")
-        for _ in range(4):
-            recipe = StepRecipe(16, False, mode_seeking=weight, mode_seeking_ref=ref)
-            step_split(st, _tiny_data(), recipe)
-        st.G.eval()
-        zz = torch.randn(32, st.G.latent_dim, generator=torch.Generator().manual_seed(1))
-        with torch.no_grad():
-            x = st.G(zz, torch.zeros(32, dtype=torch.long))
-        return float((x[:16] - x[16:]).abs().mean())
-
-    assert spread("data", 20.0) > spread("data", 0.0)
+    assert _class_spread(20.0, "data") > _class_spread(0.0, "data")
 
 
 def test_hinge_step_and_every_option_train_without_nan() -> None:

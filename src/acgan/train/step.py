@@ -171,20 +171,21 @@ def mode_seeking_loss(fake: Tensor, z: Tensor) -> Tensor:
     return 1.0 / (img / lat + 1e-5)
 
 
-def data_spread_loss(fake: Tensor, y_fake: Tensor, real: Tensor, y_real: Tensor) -> Tensor:
+def data_spread_loss(
+    fake: Tensor, y_fake: Tensor, real: Tensor, y_real: Tensor, num_classes: int
+) -> Tensor:
     """The mode-seeking term measured against the data, per split, (K,): for each class of
     the pairs (i, i + B/2), how far short its mean |G(z1) - G(z2)| falls of the mean distance
     between two real images of that class in the batch, as a fraction (0 once the samples are
     as spread as the data), averaged over the classes present in both batches."""
     h = fake.shape[1] // 2
-    n = max(int(y_fake.max()), int(y_real.max())) + 1
     pair = (fake[:, :h] - fake[:, h : 2 * h]).abs().flatten(2).mean(2)  # (K, h)
-    of_f = torch.nn.functional.one_hot(y_fake[:, :h], n).to(pair.dtype)  # (K, h, n)
+    of_f = torch.nn.functional.one_hot(y_fake[:, :h], num_classes).to(pair.dtype)  # (K, h, n)
     f_sum, f_cnt = torch.einsum("kh,khn->kn", pair, of_f), of_f.sum(1)
     with torch.no_grad():
         flat = real.flatten(2)
         dist = torch.cdist(flat, flat, p=1) / flat.shape[2]  # (K, B, B), 0 on the diagonal
-        of_r = torch.nn.functional.one_hot(y_real, n).to(dist.dtype)  # (K, B, n)
+        of_r = torch.nn.functional.one_hot(y_real, num_classes).to(dist.dtype)  # (K, B, n)
         r_sum = torch.einsum("kic,kij,kjc->kc", of_r, dist, of_r)
         r_cnt = of_r.sum(1) * (of_r.sum(1) - 1)
     both = (f_cnt > 0) & (r_cnt > 0)
@@ -241,7 +242,7 @@ def train_step(nets: Nets, data: Sequence[SplitData], recipe: StepRecipe) -> Ten
         )  # fmt: skip
         if recipe.mode_seeking > 0:
             if recipe.mode_seeking_ref == "data":
-                ms = data_spread_loss(fake.float(), y_fake, real, y_real)
+                ms = data_spread_loss(fake.float(), y_fake, real, y_real, cls_g.shape[-1])
             else:
                 ms = mode_seeking_loss(fake.float(), z)
             loss_g = loss_g + recipe.mode_seeking * ms
