@@ -186,6 +186,140 @@ def run_recipe(
     return result
 
 
+def run_curve(
+    root: Path,
+    splits: Path,
+    overrides: list[str],
+    label: str,
+    points: list[int],
+    progress: bool,
+    max_splits: int | None = None,
+) -> list[dict[str, Any]]:
+    """One training per recipe, evaluated at several points of it: the splits train to
+    ``points[0]`` steps, are judged (monitor stage + evaluation, as ``dvc repro`` would at
+    that budget), then resume from their checkpoint to the next point, and so on. The
+    checkpoint fingerprint leaves ``train.steps`` out, so each point continues the same run
+    rather than starting again: the whole curve costs one training to ``points[-1]``.
+    Retraining a collapsed split is off (it would restart the run being measured); the
+    monitor's verdict at each point is in the row. Cached per point."""
+    from acgan.config import load, replace
+    from acgan.data.splits import load_plan
+    from acgan.evaluation.stage import evaluate
+    from acgan.io import read_json_or_none
+    from acgan.monitor.stage import run_monitor
+    from acgan.train import train_split_with_monitor
+
+    base = load(None, [*overrides, "monitor.retrain_collapsed=false"])
+    fp = base.fingerprint("split", "model", "train", "monitor", "eval", exclude=("train.steps",))
+    out = root / "curves" / f"{label}-{fp}" / (f"first-{max_splits}" if max_splits else "all")
+    plan = load_plan(splits)
+    ids = [spec.id for spec in plan.splits[:max_splits]]
+    judge_key = (read_json_or_none(root / "judge" / "judge.json") or {}).get("key")
+    rows = []
+    for steps in sorted(points):
+        point = out / f"step_{steps:06d}"
+        result_file = point / "result.json"
+        cached = read_json_or_none(result_file)
+        if cached is not None and cached.get("judge_key") == judge_key:
+            rows.append(cached)
+            continue
+        cfg = replace(base, split={"ids": ids}, train={"steps": steps})
+        t0 = time.perf_counter()
+        train_s, last = 0.0, []
+        for sid in ids:
+            model_dir = point / "models" / f"split_{sid}"
+            info = read_json_or_none(model_dir / "train.json")
+            if info is None or info.get("step") != steps:  # else: judged again (a new judge)
+                train_split_with_monitor(
+                    cfg, sid, splits, model_dir, out / "ckpt", progress=progress
+                )
+                info = json.loads((model_dir / "train.json").read_text())
+            train_s += float(info["train_seconds"])
+            hist = json.loads((model_dir / "history.json").read_text())["history"]
+            if hist:
+                last.append(hist[-1])
+        mon = run_monitor(cfg, splits, point / "models", point / "monitor", progress=progress)
+        ev = evaluate(
+            cfg, root / "ingested", splits, mon.manifest, root / "judge", point / "eval",
+            progress=progress,
+        )  # fmt: skip
+        m = ev.metrics
+        result = {
+            "label": label,
+            "steps": steps,
+            "judge_key": judge_key,
+            "overrides": overrides,
+            **{k: m.get(k) for k in RESULT_KEYS},
+            "d_acc_real": sum(r["d_acc_real"] for r in last) / max(1, len(last)),
+            "loss_d": sum(r["loss_d"] for r in last) / max(1, len(last)),
+            "loss_g": sum(r["loss_g"] for r in last) / max(1, len(last)),
+            "train_seconds": train_s,  # this point's share of the one training
+            "total_seconds": time.perf_counter() - t0,
+            "samples": str(point / "eval" / "plots" / "samples.png"),
+            "gate": ev.gate,
+            "verdicts": verdicts(mon.splits, m),
+        }
+        result_file.write_text(json.dumps(result, indent=1))
+        rows.append(result)
+    return rows
+
+
+CURVE_COLUMNS = (
+    "recipe", "steps", "judge acc", "FID", "intra-FID", "diverse", "IS", "D real acc",
+    "loss D", "loss G", "monitor",
+)  # fmt: skip
+
+
+def curve_row(r: dict[str, Any]) -> list[Any]:
+    statuses = sorted({v["status"] for v in r.get("verdicts", [])})
+    return [
+        r["label"], r["steps"], f"{r['judge_accuracy']:.3f}", f"{r['fid']:.2f}",
+        f"{r['intra_fid_mean']:.2f}", f"{r['diverse_fraction']:.2f}",
+        f"{r['inception_score']:.2f}", f"{r['d_acc_real']:.2f}", f"{r['loss_d']:.2f}",
+        f"{r['loss_g']:.2f}", ",".join(statuses),
+    ]  # fmt: skip
+
+
+def draw_learning_curves(curves: dict[str, list[dict[str, Any]]], path: Path, title: str) -> None:
+    """One panel per figure against the steps per split, one line per recipe."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    keys = (("judge_accuracy", "judge accuracy (higher is better)"),
+            ("fid", "FID, judge space (lower is better)"),
+            ("intra_fid_mean", "intra-class FID (lower is better)"),
+            ("diverse_fraction", "classes as diverse as real"))  # fmt: skip
+    fig = Figure(figsize=(18, 4))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, len(keys))
+    for label, rows in curves.items():
+        xs = [r["steps"] for r in rows]
+        for ax, (key, name) in zip(axes, keys, strict=True):
+            ax.plot(xs, [r[key] for r in rows], marker="o", label=label)
+            ax.set_title(name)
+            ax.set_xlabel("steps per split")
+            ax.set_xscale("log", base=2)
+            ax.set_xticks(xs, [str(x) for x in xs])
+    axes[0].legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+
+
+def grid_strip(rows: list[dict[str, Any]], path: Path) -> None:
+    """The sample grids of one curve side by side, each headed by its step count."""
+    from PIL import Image, ImageDraw
+
+    images = [Image.open(r["samples"]).convert("RGB") for r in rows]
+    w, h = max(i.width for i in images), max(i.height for i in images)
+    strip = Image.new("RGB", (w * len(images), h + 16), "white")
+    draw = ImageDraw.Draw(strip)
+    for k, (r, im) in enumerate(zip(rows, images, strict=True)):
+        strip.paste(im, (k * w, 16))
+        draw.text((k * w + 4, 2), f"{r['label']}: {r['steps']} steps", fill="black")
+    strip.save(path)
+
+
 RESULT_KEYS = (
     "judge_accuracy", "real_judge_accuracy", "judge_skill", "fid", "intra_fid_mean",
     "fid_real_floor", "fid_ratio", "diverse_fraction", "inception_score", "classes_missing",
@@ -284,6 +418,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--work", type=Path, default=Path("/tmp/acgan-quality"))
     p.add_argument("--progress", action="store_true", help="progress bars")
     p.add_argument("--max-splits", type=int, help="train only the first N splits (quick screening)")
+    p.add_argument(
+        "--curve",
+        help="learning curves: comma-separated steps per split (e.g. 600,1200,2400,4800,9600) "
+        "at which one training per recipe is evaluated (--steps is then ignored)",
+    )
     a = p.parse_args(argv)
     datasets = a.data or ["synthetic"]
     recipes = [parse_recipe(r) for r in (a.recipe or ["paper", "default"])]
@@ -299,6 +438,9 @@ def main(argv: list[str] | None = None) -> None:
     for data in datasets:
         base = [*data_overrides(data, a.channels), *budget]
         root, n_classes = prepare(a.work, base, a.progress)
+        if a.curve:
+            curve_main(a, recipes, data, base, root, n_classes)
+            continue
         groups = [("", a.classes_per_split, 1)]
         if a.mode == "split":  # one model over all classes gets the ensemble's total steps
             n_splits = -(-n_classes // a.classes_per_split)
@@ -335,6 +477,39 @@ def main(argv: list[str] | None = None) -> None:
         print(f"curves: {curves}")
         for r in results:
             print(f"samples of {r['label']}: {r['samples']}")
+
+
+def curve_main(
+    a: argparse.Namespace, recipes: list[Recipe], data: str, base: list[str], root: Path,
+    n_classes: int,
+) -> None:  # fmt: skip
+    points = sorted({int(x) for x in a.curve.split(",") if x.strip()})
+    split_ov = split_overrides(n_classes, a.classes_per_split)
+    splits, n_splits = make_plan(root, [*base, *split_ov], a.progress)
+    curves: dict[str, list[dict[str, Any]]] = {}
+    for r in recipes:
+        t = time.perf_counter()
+        ov = [*base, *split_ov, *r.overrides]
+        curves[r.label] = run_curve(
+            root, splits, ov, _slug(r.label), points, a.progress, a.max_splits
+        )
+        print(f"  {r.label}: {time.perf_counter() - t:.0f} s", file=sys.stderr, flush=True)
+    n = min(a.max_splits or n_splits, n_splits)
+    title = (
+        f"{data}: learning curves, {n} of {n_splits} splits x {a.classes_per_split} classes, "
+        f"batch {a.batch_size}, {a.resolution} px"
+    )
+    rows = [curve_row(r) for rs in curves.values() for r in rs]
+    print(table(title, CURVE_COLUMNS, rows))
+    first = next(iter(curves.values()))[0]
+    print(f"\njudge accuracy on held-out real images: {first['real_judge_accuracy']:.3f}")
+    plot = root / f"learning-curves-{n}x{a.classes_per_split}.png"
+    draw_learning_curves(curves, plot, title)
+    print(f"curves: {plot}")
+    for label, rs in curves.items():
+        strip = root / f"grids-{_slug(label)}-{n}x{a.classes_per_split}.png"
+        grid_strip(rs, strip)
+        print(f"grids of {label}: {strip}")
 
 
 def _slug(text: str) -> str:
